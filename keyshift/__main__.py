@@ -1,0 +1,3 @@
+from keyshift.cli import main
+
+main()

@@ -1,0 +1,17 @@
+"""The ``keyshift`` command line (click)."""
+
+from __future__ import annotations
+
+import click
+
+from keyshift._version import __version__
+from keyshift.cli.dev import dev
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="keyshift")
+def main() -> None:
+    """keyshift: elastic Kafka stream processing with Redis state."""
+
+
+main.add_command(dev)

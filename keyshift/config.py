@@ -1,0 +1,158 @@
+"""One typed settings object for an application, with ``KEYSHIFT_*`` env overrides.
+
+Precedence: explicit argument > environment variable > default. Every value is
+validated when the object is built, and a bad value raises
+:class:`~keyshift.errors.ConfigError` naming the setting, so a worker fails at
+start rather than mid-stream.
+
+Extra librdkafka settings (SASL, SSL, ...) pass through ``kafka`` or env vars
+``KEYSHIFT_KAFKA_<NAME>`` where ``<NAME>`` is the librdkafka name upper-cased
+with dots as underscores (``KEYSHIFT_KAFKA_SASL_MECHANISM`` -> ``sasl.mechanism``).
+Redis AUTH/TLS go in the state URL (``rediss://user:password@host:6380/0``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
+
+from keyshift.errors import ConfigError
+
+Guarantee = Literal["at_least_once", "exactly_once"]
+GroupProtocol = Literal["classic", "consumer"]
+OnError = Literal["dlq", "raise"]
+Migration = Literal["auto", "progressive", "stop-and-copy", "replay"]
+
+ENV_PREFIX = "KEYSHIFT_"
+DEFAULT_BROKERS = "127.0.0.1:9092"
+DEFAULT_STATE = "redis://127.0.0.1:6379/0"
+
+
+def _env(name: str) -> str | None:
+    return os.environ.get(ENV_PREFIX + name.upper())
+
+
+def _choice(setting: str, value: str, allowed: Any) -> str:
+    options = get_args(allowed)
+    if value not in options:
+        raise ConfigError(setting, f"{value!r} is not one of {', '.join(options)}")
+    return value
+
+
+def _positive_int(setting: str, value: Any) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(setting, f"{value!r} is not an integer") from None
+    if number <= 0:
+        raise ConfigError(setting, f"must be > 0, got {number}")
+    return number
+
+
+def kafka_overrides_from_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """librdkafka settings given as ``KEYSHIFT_KAFKA_<NAME>`` env vars."""
+    env = os.environ if environ is None else environ
+    prefix = ENV_PREFIX + "KAFKA_"
+    return {
+        key[len(prefix) :].lower().replace("_", "."): value
+        for key, value in env.items()
+        if key.startswith(prefix) and len(key) > len(prefix)
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Configuration of one keyshift application (shared by all its instances).
+
+    Attributes:
+        app_id: application id; the consumer group and the prefix of internal topics.
+        brokers: Kafka bootstrap servers (env ``KEYSHIFT_BROKERS``).
+        state: state backend URL, ``redis://...``, ``rediss://...`` or ``memory://``
+            (env ``KEYSHIFT_STATE``).
+        guarantee: ``at_least_once`` (default) or ``exactly_once``
+            (env ``KEYSHIFT_GUARANTEE``).
+        commit_interval_ms: how often state is flushed and offsets committed
+            (env ``KEYSHIFT_COMMIT_INTERVAL_MS``; default 1000, 100 with exactly_once).
+        batch_size: most records taken from Kafka per poll (env ``KEYSHIFT_BATCH_SIZE``).
+        instance_id: stable id of this instance; enables static group membership
+            (env ``KEYSHIFT_INSTANCE_ID``).
+        group_protocol: ``classic`` (cooperative-sticky) or ``consumer`` (KIP-848)
+            (env ``KEYSHIFT_GROUP_PROTOCOL``).
+        on_error: ``dlq`` sends bad records to ``<app>-dlq``; ``raise`` stops the worker
+            (env ``KEYSHIFT_ON_ERROR``).
+        migration: how a task's state reaches a new owner (env ``KEYSHIFT_MIGRATION``).
+        cache_max_entries: write-back cache entries kept per task between commits
+            (env ``KEYSHIFT_CACHE_MAX_ENTRIES``).
+        kafka: extra librdkafka settings passed to every client (SASL/SSL, ...).
+    """
+
+    app_id: str
+    brokers: str = DEFAULT_BROKERS
+    state: str = DEFAULT_STATE
+    guarantee: Guarantee = "at_least_once"
+    commit_interval_ms: int = 1000
+    batch_size: int = 5000
+    instance_id: str | None = None
+    group_protocol: GroupProtocol = "classic"
+    on_error: OnError = "dlq"
+    migration: Migration = "auto"
+    cache_max_entries: int = 200_000
+    kafka: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, app_id: str, **given: Any) -> Settings:
+        """Build settings from explicit values (None = not given), env vars, defaults."""
+        if not app_id or not all(c.isalnum() or c in "._-" for c in app_id):
+            raise ConfigError("app_id", f"{app_id!r} must be non-empty and use [A-Za-z0-9._-]")
+
+        def pick(name: str, default: Any) -> Any:
+            if given.get(name) is not None:
+                return given[name]
+            env = _env(name)
+            return default if env is None else env
+
+        guarantee = _choice("guarantee", pick("guarantee", "at_least_once"), Guarantee)
+        default_interval = 100 if guarantee == "exactly_once" else 1000
+        kafka = dict(kafka_overrides_from_env())
+        kafka.update({k: str(v) for k, v in (given.get("kafka") or {}).items()})
+        brokers = str(pick("brokers", DEFAULT_BROKERS))
+        if not brokers.strip():
+            raise ConfigError("brokers", "no bootstrap server given")
+        state = str(pick("state", DEFAULT_STATE))
+        if state.split("://", 1)[0] not in ("redis", "rediss", "unix", "memory"):
+            raise ConfigError(
+                "state", f"{state!r}: expected redis://, rediss://, unix:// or memory://"
+            )
+        instance_id = pick("instance_id", None)
+        return cls(
+            app_id=app_id,
+            brokers=brokers,
+            state=state,
+            guarantee=guarantee,  # type: ignore[arg-type]
+            commit_interval_ms=_positive_int(
+                "commit_interval_ms", pick("commit_interval_ms", default_interval)
+            ),
+            batch_size=_positive_int("batch_size", pick("batch_size", 5000)),
+            instance_id=None if instance_id is None else str(instance_id),
+            group_protocol=_choice(  # type: ignore[arg-type]
+                "group_protocol", pick("group_protocol", "classic"), GroupProtocol
+            ),
+            on_error=_choice("on_error", pick("on_error", "dlq"), OnError),  # type: ignore[arg-type]
+            migration=_choice("migration", pick("migration", "auto"), Migration),  # type: ignore[arg-type]
+            cache_max_entries=_positive_int(
+                "cache_max_entries", pick("cache_max_entries", 200_000)
+            ),
+            kafka=kafka,
+        )
+
+    @property
+    def exactly_once(self) -> bool:
+        return self.guarantee == "exactly_once"
+
+    def client_config(self) -> dict[str, str]:
+        """Settings shared by every Kafka client of this app."""
+        config = {"bootstrap.servers": self.brokers}
+        config.update(self.kafka)
+        return config

@@ -1,0 +1,63 @@
+"""The keyshift exception hierarchy.
+
+Every error raised by keyshift derives from :class:`KeyshiftError`::
+
+    KeyshiftError
+    ├── ConfigError          a setting is missing or invalid (names the setting)
+    ├── TopologyError        the pipeline cannot be built or run as written
+    ├── SerializationError   a key or value cannot be encoded/decoded
+    ├── ProcessingError      user code raised while processing a record
+    ├── BrokerError          Kafka refused or failed an operation
+    ├── StateError           the state backend failed
+    │   └── FencedError      another owner took the task over (zombie fencing)
+    ├── MigrationError       moving a task's state to its new owner failed
+    └── SandboxError         the local Kafka/Redis sandbox could not start or stop
+
+Messages say what happened and what the operator can do about it.
+"""
+
+from __future__ import annotations
+
+
+class KeyshiftError(Exception):
+    """Root of all keyshift errors."""
+
+
+class ConfigError(KeyshiftError):
+    """A setting is missing or invalid. The message names the setting."""
+
+    def __init__(self, setting: str, problem: str) -> None:
+        self.setting = setting
+        super().__init__(f"invalid setting {setting!r}: {problem}")
+
+
+class TopologyError(KeyshiftError):
+    """The pipeline definition cannot be built or does not match the cluster."""
+
+
+class SerializationError(KeyshiftError):
+    """A key or value could not be serialized or deserialized."""
+
+
+class ProcessingError(KeyshiftError):
+    """User code raised an exception while processing a record."""
+
+
+class BrokerError(KeyshiftError):
+    """Kafka refused or failed an operation."""
+
+
+class StateError(KeyshiftError):
+    """The state backend failed."""
+
+
+class FencedError(StateError):
+    """A newer owner holds the task: this instance must drop it."""
+
+
+class MigrationError(KeyshiftError):
+    """Bringing a task's state to its new owner failed."""
+
+
+class SandboxError(KeyshiftError):
+    """The local Kafka/Redis sandbox could not be started, found or stopped."""
