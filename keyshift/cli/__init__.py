@@ -6,6 +6,7 @@ import click
 
 from keyshift._version import __version__
 from keyshift.cli.dev import dev
+from keyshift.cli.worker import worker
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -15,3 +16,4 @@ def main() -> None:
 
 
 main.add_command(dev)
+main.add_command(worker)

@@ -1,0 +1,154 @@
+"""Kafka client configuration and topic management for one application."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from keyshift.config import Settings
+from keyshift.errors import BrokerError, TopologyError
+from keyshift.operators.topology import Topology
+
+log = logging.getLogger("keyshift.kafka")
+
+_CONSUMER_ONLY_CLASSIC = ("partition.assignment.strategy", "session.timeout.ms", "heartbeat.interval.ms")
+
+
+def producer_config(settings: Settings, transactional_id: str | None) -> dict[str, object]:
+    config: dict[str, object] = {
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 10,
+        "batch.num.messages": 10000,
+        "queue.buffering.max.messages": 1_000_000,
+        "queue.buffering.max.kbytes": 1_048_576,
+        "partitioner": "murmur2_random",
+        "client.id": f"{settings.app_id}-producer",
+    }
+    if transactional_id is not None:
+        config["transactional.id"] = transactional_id
+        config["transaction.timeout.ms"] = 10_000
+    config.update(settings.client_config())
+    return config
+
+
+def consumer_config(settings: Settings) -> dict[str, object]:
+    config: dict[str, object] = {
+        "group.id": settings.app_id,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "isolation.level": "read_committed" if settings.exactly_once else "read_uncommitted",
+        "client.id": f"{settings.app_id}-{settings.instance_id or 'consumer'}",
+        "fetch.wait.max.ms": 100,
+        "max.poll.interval.ms": 600_000,
+        "group.protocol": settings.group_protocol,
+    }
+    if settings.group_protocol == "classic":
+        config["partition.assignment.strategy"] = "cooperative-sticky"
+        config["session.timeout.ms"] = 10_000
+        config["heartbeat.interval.ms"] = 1_000
+    if settings.instance_id:
+        config["group.instance.id"] = settings.instance_id
+    config.update(settings.client_config())
+    if settings.group_protocol == "consumer":
+        for key in _CONSUMER_ONLY_CLASSIC:
+            config.pop(key, None)
+    return config
+
+
+def restore_consumer_config(settings: Settings) -> dict[str, object]:
+    config: dict[str, object] = {
+        "group.id": f"{settings.app_id}-restore-{uuid.uuid4().hex[:8]}",
+        "enable.auto.commit": False,
+        "enable.partition.eof": True,
+        "auto.offset.reset": "earliest",
+        "isolation.level": "read_committed" if settings.exactly_once else "read_uncommitted",
+        "fetch.wait.max.ms": 50,
+        "client.id": f"{settings.app_id}-restore",
+    }
+    config.update(settings.client_config())
+    return config
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    config: dict[str, str]
+
+
+class TopicManager:
+    """Checks source topics and creates internal and sink topics."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.admin = AdminClient(settings.client_config())
+
+    def partition_counts(self, timeout: float = 15.0) -> dict[str, int]:
+        try:
+            meta = self.admin.list_topics(timeout=timeout)
+        except KafkaException as exc:
+            raise BrokerError(
+                f"cannot reach Kafka at {self.settings.brokers!r} (setting 'brokers'): {exc}"
+            ) from exc
+        return {name: len(t.partitions) for name, t in meta.topics.items() if not t.error}
+
+    def plan(self, topology: Topology, existing: dict[str, int]) -> tuple[dict[int, int], list[TopicSpec]]:
+        """Partition count of every sub-topology, and the topics that must exist."""
+        counts: dict[int, int] = {}
+        wanted: list[TopicSpec] = []
+        for sub in topology.subtopologies:
+            if not sub.internal:
+                if sub.topic not in existing:
+                    raise TopologyError(
+                        f"source topic {sub.topic!r} does not exist; create it first "
+                        f"(keyshift topics create {sub.topic} --partitions N)"
+                    )
+                counts[sub.index] = existing[sub.topic]
+            else:
+                assert sub.upstream is not None
+                counts[sub.index] = sub.partitions or counts[sub.upstream.index]
+                wanted.append(TopicSpec(sub.topic, counts[sub.index], {}))
+        for sub in topology.subtopologies:
+            n = counts[sub.index]
+            for store in sub.stores():
+                wanted.append(
+                    TopicSpec(topology.changelog_topic(store), n, {"cleanup.policy": "compact"})
+                )
+            for sink in sub.sinks():
+                wanted.append(TopicSpec(sink, n, {}))
+        wanted.append(TopicSpec(topology.dlq_topic, 1, {}))
+        return counts, wanted
+
+    def ensure(self, specs: list[TopicSpec], existing: dict[str, int]) -> None:
+        seen: set[str] = set()
+        missing: list[NewTopic] = []
+        for spec in specs:
+            if spec.name in seen:
+                continue
+            seen.add(spec.name)
+            if spec.name in existing:
+                internal = spec.name.endswith(("-changelog", "-repartition"))
+                if internal and existing[spec.name] != spec.partitions:
+                    raise TopologyError(
+                        f"internal topic {spec.name!r} has {existing[spec.name]} partitions, "
+                        f"expected {spec.partitions}; delete it or reset the app"
+                    )
+                continue
+            missing.append(
+                NewTopic(spec.name, num_partitions=spec.partitions, config=dict(spec.config))
+            )
+        if not missing:
+            return
+        for name, future in self.admin.create_topics(missing, operation_timeout=30).items():
+            try:
+                future.result()
+                log.info("created topic", extra={"topic": name})
+            except KafkaException as exc:
+                if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
+                    raise BrokerError(f"cannot create topic {name!r}: {exc}") from exc

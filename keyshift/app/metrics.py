@@ -1,0 +1,37 @@
+"""In-process metrics of a worker (exposed by a later issue)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Metrics:
+    records_in: int = 0
+    records_out: int = 0
+    dead_letters: int = 0
+    duplicates_dropped: int = 0
+    commits: int = 0
+    flushed_keys: int = 0
+    processing_seconds: float = 0.0
+    commit_seconds: float = 0.0
+    restores: int = 0
+    restored_records: int = 0
+    lag: dict[str, int] = field(default_factory=dict)
+    state_keys: dict[str, int] = field(default_factory=dict)
+
+    def snapshot(self) -> dict[str, object]:
+        return {
+            "records_in": self.records_in,
+            "records_out": self.records_out,
+            "dead_letters": self.dead_letters,
+            "duplicates_dropped": self.duplicates_dropped,
+            "commits": self.commits,
+            "flushed_keys": self.flushed_keys,
+            "processing_seconds": round(self.processing_seconds, 3),
+            "commit_seconds": round(self.commit_seconds, 3),
+            "restores": self.restores,
+            "restored_records": self.restored_records,
+            "lag": dict(self.lag),
+            "state_keys": dict(self.state_keys),
+        }

@@ -1,0 +1,170 @@
+"""A task: one partition of one sub-topology's input, with its own state tables."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import Message
+
+from keyshift.errors import ProcessingError, SerializationError
+from keyshift.operators.compile import compile_subtopology
+from keyshift.operators.topology import SubTopology
+from keyshift.state.base import Stamp
+from keyshift.state.changelog import ORIGIN_HEADER
+from keyshift.state.table import Table
+
+_ORIGIN = struct.Struct(">iqi")
+
+Produce = Callable[[str, bytes | None, bytes | None, int, list[tuple[str, bytes]] | None], None]
+DeadLetter = Callable[[Message, str, BaseException], None]
+
+
+class Task:
+    """Runs one sub-topology over one input partition (the unit that migrates)."""
+
+    def __init__(
+        self,
+        sub: SubTopology,
+        partition: int,
+        tables: dict[str, Table],
+        produce: Produce,
+        dead_letter: DeadLetter,
+        *,
+        raise_on_error: bool = False,
+    ) -> None:
+        self.sub = sub
+        self.topic = sub.topic
+        self.partition = partition
+        self.tables = tables
+        self._produce = produce
+        self._dead_letter = dead_letter
+        self._raise = raise_on_error
+        # Context read by the compiled operators.
+        self.offset = -1
+        self.raw_key: bytes | None = None
+        self.timestamp = 0
+        self._emitted = 0
+        # Progress.
+        self.position: int | None = None
+        self.committed_position: int | None = None
+        self.seen: dict[int, tuple[int, int]] = {}
+        self.records_in = 0
+        self.duplicates = 0
+        self._push = compile_subtopology(sub, self)
+
+    # -- ProcessorContext ------------------------------------------------------
+    def table(self, store: str) -> Table:
+        return self.tables[store]
+
+    def emit(self, topic: str, key: bytes | None, value: bytes | None) -> None:
+        self._produce(topic, key, value, self.timestamp, None)
+
+    def emit_repartition(self, topic: str, key: bytes | None, value: bytes | None) -> None:
+        origin = _ORIGIN.pack(self.partition, self.offset, self._emitted)
+        self._emitted += 1
+        self._produce(topic, key, value, self.timestamp, [(ORIGIN_HEADER, origin)])
+
+    # -- restore ---------------------------------------------------------------
+    def start_offset(self) -> int | None:
+        """Where input must resume after restore; None = the group's committed offset."""
+        if not self.tables:
+            return None
+        stamps = [t.stamp for t in self.tables.values()]
+        if any(s is None for s in stamps):
+            return None
+        return min(s.input_offset for s in stamps if s is not None)
+
+    def adopt_upstream(self, stamps: list[Stamp | None]) -> None:
+        """Duplicate suppression resumes from the oldest store's view of upstream."""
+        if not stamps or any(s is None for s in stamps):
+            return
+        merged: dict[int, tuple[int, int]] = {}
+        for i, stamp in enumerate(stamps):
+            assert stamp is not None
+            for u, pos in stamp.upstream.items():
+                if i == 0:
+                    merged[u] = pos
+                elif u in merged:
+                    merged[u] = min(merged[u], pos)
+            if i > 0:
+                for u in list(merged):
+                    if u not in stamp.upstream:
+                        del merged[u]
+        self.seen = merged
+
+    # -- processing ------------------------------------------------------------
+    def process(self, msgs: list[Message]) -> None:
+        if self.tables:
+            keys = [m.key() for m in msgs]
+            for table in self.tables.values():
+                table.prefetch(keys)
+        kdes = self.sub.key_serde.deserialize
+        vdes = self.sub.value_serde.deserialize
+        push = self._push
+        seen = self.seen
+        internal = self.sub.internal
+        for msg in msgs:
+            offset = msg.offset()
+            if internal and self._is_duplicate(msg, seen):
+                self.duplicates += 1
+                continue
+            raw_key = msg.key()
+            try:
+                key = kdes(raw_key)
+                value = vdes(msg.value())
+            except SerializationError as exc:
+                self._dead_letter(msg, "deserialize", exc)
+                continue
+            self.offset = offset
+            self.raw_key = raw_key
+            self.timestamp = msg.timestamp()[1]
+            self._emitted = 0
+            try:
+                push(key, value)
+            except Exception as exc:
+                if self._raise:
+                    raise ProcessingError(
+                        f"{self.topic}[{self.partition}]@{offset}: {type(exc).__name__}: {exc}"
+                    ) from exc
+                self._dead_letter(msg, "process", exc)
+        self.records_in += len(msgs)
+        self.position = msgs[-1].offset() + 1
+
+    @staticmethod
+    def _is_duplicate(msg: Message, seen: dict[int, tuple[int, int]]) -> bool:
+        headers = msg.headers()
+        if not headers:
+            return False
+        for name, raw in headers:
+            if name == ORIGIN_HEADER:
+                upstream, offset, index = _ORIGIN.unpack(raw)
+                pos = (offset, index)
+                last = seen.get(upstream)
+                if last is not None and pos <= last:
+                    return True
+                seen[upstream] = pos
+                return False
+        return False
+
+    def has_progress(self) -> bool:
+        return self.position is not None and self.position != self.committed_position
+
+    def stamp(self, epoch: int) -> Stamp:
+        assert self.position is not None
+        return Stamp(self.position, -1, dict(self.seen), epoch)
+
+    def __repr__(self) -> str:
+        return f"Task({self.topic}[{self.partition}])"
+
+
+def describe(task: Task) -> dict[str, Any]:
+    return {
+        "topic": task.topic,
+        "partition": task.partition,
+        "position": task.position,
+        "records_in": task.records_in,
+        "duplicates_dropped": task.duplicates,
+        "state_keys_cached": {name: len(t) for name, t in task.tables.items()},
+    }

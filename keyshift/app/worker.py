@@ -1,0 +1,423 @@
+"""The worker: one consumer, one producer, the tasks the group assigns, a commit loop.
+
+Commit protocol (per commit interval, and before partitions are revoked):
+
+1. For every task that made progress, every store's dirty keys go to the
+   store's changelog partition, then a marker record with the task's stamp.
+2. ``at_least_once``: the producer is flushed (outputs and changelog durable).
+   ``exactly_once``: input offsets join the transaction, which commits.
+3. The store backend gets the changes and the stamp atomically (fenced by the
+   owner epoch); a fenced task is dropped.
+4. ``at_least_once``: input offsets are committed.
+
+A crash at any point leaves the changelog ahead of (or equal to) the backend;
+restore replays the changelog tail up to its last marker and resumes input at
+the marker's offset, so state is never double-counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import uuid
+from dataclasses import replace
+from functools import partial
+from typing import Any
+
+from confluent_kafka import (
+    OFFSET_STORED,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+
+from keyshift.app.kafka import (
+    TopicManager,
+    consumer_config,
+    producer_config,
+    restore_consumer_config,
+)
+from keyshift.app.metrics import Metrics
+from keyshift.app.task import Task
+from keyshift.config import Settings
+from keyshift.errors import BrokerError, FencedError, KeyshiftError
+from keyshift.migrations.replay import replay_changelog
+from keyshift.operators.topology import Topology
+from keyshift.state.base import Store
+from keyshift.state.changelog import MARKER_KEY
+from keyshift.state.factory import open_store
+from keyshift.state.table import Table
+
+log = logging.getLogger("keyshift.worker")
+
+TIMEOUT_S = 30.0
+
+
+class Worker:
+    """Runs an app's topology as one instance of its consumer group."""
+
+    def __init__(self, topology: Topology, settings: Settings) -> None:
+        self.topology = topology
+        self.settings = settings
+        self.instance = settings.instance_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.metrics = Metrics()
+        self.tasks: dict[tuple[str, int], Task] = {}
+        self._running = False
+        self._failed = False
+        self._marker_offsets: dict[tuple[str, int], int] = {}
+        self._delivery_errors: list[str] = []
+        self._restore: Consumer | None = None
+        self._store: Store | None = None
+        self._consumer: Consumer | None = None
+        self._producer: Producer | None = None
+
+    # -- lifecycle ---------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask the loop to finish its batch, commit, leave the group and return."""
+        self._running = False
+
+    def run(self) -> None:
+        self.start()
+        try:
+            self.loop()
+        except BaseException:
+            self._failed = True
+            raise
+        finally:
+            self.close()
+
+    def start(self) -> None:
+        settings, topology = self.settings, self.topology
+        topology.validate()
+        topics = TopicManager(settings)
+        existing = topics.partition_counts()
+        _, specs = topics.plan(topology, existing)
+        topics.ensure(specs, existing)
+        self._subs = topology.by_topic()
+        self._store = open_store(settings.state)
+        ping = getattr(self._store, "ping", None)
+        if ping is not None:
+            ping()
+        txn_id = None
+        if settings.exactly_once:
+            txn_id = f"{settings.app_id}-{settings.instance_id or uuid.uuid4().hex[:12]}"
+        pconf = producer_config(settings, txn_id)
+        if not settings.exactly_once:
+            pconf["on_delivery"] = self._on_delivery
+        self._producer = Producer(pconf)
+        if settings.exactly_once:
+            try:
+                self._producer.init_transactions(TIMEOUT_S)
+            except KafkaException as exc:
+                raise BrokerError(f"cannot initialise transactions: {exc}") from exc
+            self._producer.begin_transaction()
+        self._consumer = Consumer(consumer_config(settings))
+        self._consumer.subscribe(
+            list(self._subs),
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+        self._running = True
+        log.info(
+            "worker started",
+            extra={"app": settings.app_id, "instance": self.instance,
+                   "guarantee": settings.guarantee, "topics": ",".join(self._subs)},
+        )
+
+    def loop(self) -> None:
+        assert self._consumer is not None and self._producer is not None
+        consumer, producer = self._consumer, self._producer
+        interval = self.settings.commit_interval_ms / 1000
+        next_commit = time.monotonic() + interval
+        batch = self.settings.batch_size
+        while self._running:
+            msgs = consumer.consume(batch, 0.1)
+            if msgs:
+                started = time.monotonic()
+                self._process(msgs)
+                self.metrics.processing_seconds += time.monotonic() - started
+            producer.poll(0)
+            now = time.monotonic()
+            if now >= next_commit:
+                self.commit()
+                next_commit = time.monotonic() + interval
+
+    def close(self) -> None:
+        """Commit (unless failed), leave the group, release clients."""
+        try:
+            if not self._failed and self._consumer is not None:
+                self.commit()
+        finally:
+            if self._consumer is not None:
+                self._consumer.close()
+            if self._producer is not None:
+                if self._failed and self.settings.exactly_once:
+                    try:
+                        self._producer.abort_transaction(5)
+                    except KafkaException:
+                        pass
+                self._producer.flush(10)
+            if self._restore is not None:
+                self._restore.close()
+            if self._store is not None:
+                self._store.close()
+            log.info("worker stopped", extra={"instance": self.instance,
+                                              **self.metrics.snapshot()})
+
+    # -- processing --------------------------------------------------------------
+    def _process(self, msgs: list[Message]) -> None:
+        groups: dict[tuple[str, int], list[Message]] = {}
+        for msg in msgs:
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    continue
+                if err.fatal():
+                    raise BrokerError(f"fatal consumer error: {err}")
+                log.warning("consumer error", extra={"error": str(err)})
+                continue
+            key = (msg.topic(), msg.partition())
+            group = groups.get(key)
+            if group is None:
+                groups[key] = [msg]
+            else:
+                group.append(msg)
+        for key, group in groups.items():
+            task = self.tasks.get(key)
+            if task is not None:
+                before = task.duplicates
+                task.process(group)
+                self.metrics.records_in += len(group)
+                self.metrics.duplicates_dropped += task.duplicates - before
+
+    def _produce(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        timestamp: int,
+        headers: list[tuple[str, bytes]] | None,
+    ) -> None:
+        assert self._producer is not None
+        kwargs: dict[str, Any] = {"timestamp": timestamp}
+        if headers:
+            kwargs["headers"] = headers
+        while True:
+            try:
+                self._producer.produce(topic, value, key, **kwargs)
+                break
+            except BufferError:
+                self._producer.poll(0.05)
+        self.metrics.records_out += 1
+
+    def _dead_letter(self, msg: Message, stage: str, exc: BaseException) -> None:
+        assert self._producer is not None
+        reason = f"{type(exc).__name__}: {exc}"
+        headers = [
+            ("ks.error", reason.encode()),
+            ("ks.stage", stage.encode()),
+            ("ks.topic", (msg.topic() or "").encode()),
+            ("ks.partition", str(msg.partition()).encode()),
+            ("ks.offset", str(msg.offset()).encode()),
+            ("ks.app", self.settings.app_id.encode()),
+        ]
+        self._producer.produce(self.topology.dlq_topic, msg.value(), msg.key(), headers=headers)
+        self.metrics.dead_letters += 1
+        log.warning(
+            "record sent to the dead-letter topic",
+            extra={"topic": msg.topic(), "partition": msg.partition(),
+                   "offset": msg.offset(), "stage": stage, "error": reason},
+        )
+
+    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            self._delivery_errors.append(f"{msg.topic()}[{msg.partition()}]: {err}")
+
+    def _on_marker(self, key: tuple[str, int], err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            self._delivery_errors.append(f"changelog {key}: {err}")
+        else:
+            self._marker_offsets[key] = msg.offset()
+
+    # -- commit ------------------------------------------------------------------
+    def commit(self) -> None:
+        """Make all progress durable (see the module docstring for the order)."""
+        assert self._producer is not None and self._consumer is not None
+        tasks = [t for t in self.tasks.values() if t.has_progress()]
+        if not tasks:
+            return
+        started = time.monotonic()
+        producer = self._producer
+        pending: list[tuple[Task, str, Table, dict[bytes, bytes | None]]] = []
+        for task in tasks:
+            for store, table in task.tables.items():
+                topic = self.topology.changelog_topic(store)
+                changes = table.take_changes()
+                for key, value in changes.items():
+                    self._produce_changelog(topic, task.partition, key, value)
+                marker_key = (topic, task.partition)
+                stamp = task.stamp(table.epoch)
+                self._produce_changelog(
+                    topic, task.partition, MARKER_KEY, stamp.encode(),
+                    on_delivery=partial(self._on_marker, marker_key),
+                )
+                pending.append((task, store, table, changes))
+        offsets = [TopicPartition(t.topic, t.partition, t.position) for t in tasks]
+        if self.settings.exactly_once:
+            try:
+                producer.send_offsets_to_transaction(
+                    offsets, self._consumer.consumer_group_metadata(), TIMEOUT_S
+                )
+                producer.commit_transaction(TIMEOUT_S)
+            except KafkaException as exc:
+                raise BrokerError(f"transaction commit failed: {exc}") from exc
+            producer.begin_transaction()
+        else:
+            left = producer.flush(TIMEOUT_S)
+            if left:
+                raise BrokerError(f"{left} records not delivered within {TIMEOUT_S:.0f}s")
+        if self._delivery_errors:
+            errors, self._delivery_errors = self._delivery_errors[:5], []
+            raise BrokerError("delivery failed: " + "; ".join(errors))
+        for task, store, table, changes in pending:
+            if (task.topic, task.partition) not in self.tasks:
+                continue
+            topic = self.topology.changelog_topic(store)
+            offset = self._marker_offsets.pop((topic, task.partition))
+            stamp = replace(task.stamp(table.epoch), changelog_offset=offset + 1)
+            try:
+                table.backend.commit(changes, stamp, table.epoch)
+            except FencedError as exc:
+                log.warning(
+                    "task fenced: another instance owns it now; dropping it",
+                    extra={"topic": task.topic, "partition": task.partition, "error": str(exc)},
+                )
+                self.tasks.pop((task.topic, task.partition), None)
+                continue
+            table.committed(stamp)
+            self.metrics.flushed_keys += len(changes)
+        if not self.settings.exactly_once:
+            live = [o for o in offsets if (o.topic, o.partition) in self.tasks]
+            if live:
+                try:
+                    self._consumer.commit(offsets=live, asynchronous=False)
+                except KafkaException as exc:
+                    # The stamps already hold the positions; the group offset is a hint.
+                    log.warning("offset commit failed", extra={"error": str(exc)})
+        for task in tasks:
+            task.committed_position = task.position
+        self.metrics.commits += 1
+        self.metrics.commit_seconds += time.monotonic() - started
+        self._update_lag()
+
+    def _produce_changelog(
+        self, topic: str, partition: int, key: bytes, value: bytes | None, **kwargs: Any
+    ) -> None:
+        assert self._producer is not None
+        while True:
+            try:
+                self._producer.produce(topic, value, key, partition=partition, **kwargs)
+                return
+            except BufferError:
+                self._producer.poll(0.05)
+
+    def _update_lag(self) -> None:
+        assert self._consumer is not None
+        for (topic, partition), task in self.tasks.items():
+            if task.position is None:
+                continue
+            try:
+                _, high = self._consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), cached=True
+                )
+            except KafkaException:
+                continue
+            self.metrics.lag[f"{topic}[{partition}]"] = max(0, high - task.position)
+            for store, table in task.tables.items():
+                self.metrics.state_keys[f"{store}[{partition}]"] = len(table)
+
+    # -- rebalance ---------------------------------------------------------------
+    def _restore_consumer(self) -> Consumer:
+        if self._restore is None:
+            self._restore = Consumer(restore_consumer_config(self.settings))
+        return self._restore
+
+    def _open_task(self, topic: str, partition: int) -> Task:
+        assert self._store is not None
+        sub = self._subs[topic]
+        tables: dict[str, Table] = {}
+        for store in sub.stores():
+            backend = self._store.partition(self.settings.app_id, store, partition)
+            epoch = backend.claim(self.instance)
+            result = replay_changelog(
+                self._restore_consumer(),
+                self.topology.changelog_topic(store),
+                partition,
+                backend,
+                backend.read_stamp(),
+                epoch,
+            )
+            self.metrics.restores += 1
+            self.metrics.restored_records += result.records
+            table = Table(backend, max_entries=self.settings.cache_max_entries)
+            table.adopt(result.stamp, epoch)
+            tables[store] = table
+        task = Task(
+            sub, partition, tables, self._produce, self._dead_letter,
+            raise_on_error=self.settings.on_error == "raise",
+        )
+        task.adopt_upstream([t.stamp for t in tables.values()])
+        return task
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        started = time.monotonic()
+        assign = []
+        try:
+            for tp in partitions:
+                task = self._open_task(tp.topic, tp.partition)
+                self.tasks[(tp.topic, tp.partition)] = task
+                start = task.start_offset()
+                assign.append(
+                    TopicPartition(tp.topic, tp.partition, OFFSET_STORED if start is None else start)
+                )
+        except KeyshiftError:
+            self._failed = True
+            log.exception("restoring assigned tasks failed")
+            raise
+        consumer.incremental_assign(assign)
+        log.info(
+            "partitions assigned",
+            extra={"instance": self.instance,
+                   "partitions": ",".join(f"{t.topic}[{t.partition}]@{t.offset}" for t in assign),
+                   "seconds": round(time.monotonic() - started, 3)},
+        )
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if not self._failed:
+            self.commit()
+        for tp in partitions:
+            self.tasks.pop((tp.topic, tp.partition), None)
+        log.info(
+            "partitions revoked",
+            extra={"instance": self.instance,
+                   "partitions": ",".join(f"{t.topic}[{t.partition}]" for t in partitions)},
+        )
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.warning(
+            "partitions lost",
+            extra={"instance": self.instance,
+                   "partitions": ",".join(f"{t.topic}[{t.partition}]" for t in partitions)},
+        )
+        if self.settings.exactly_once:
+            # The open transaction covers lost tasks; it must not commit.
+            self._failed = True
+            raise BrokerError("partitions lost while a transaction was open; restarting")
+        for tp in partitions:
+            self.tasks.pop((tp.topic, tp.partition), None)

@@ -1,0 +1,19 @@
+"""Pick a backend from the ``state`` URL."""
+
+from __future__ import annotations
+
+from keyshift.errors import ConfigError
+from keyshift.state.base import Store
+
+
+def open_store(url: str) -> Store:
+    scheme = url.split("://", 1)[0]
+    if scheme == "memory":
+        from keyshift.state.memory import MemoryStore
+
+        return MemoryStore(url)
+    if scheme in ("redis", "rediss", "unix"):
+        from keyshift.state.redis import RedisStore
+
+        return RedisStore(url)
+    raise ConfigError("state", f"unsupported state URL scheme {scheme!r}")

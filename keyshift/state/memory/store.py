@@ -1,0 +1,62 @@
+"""Dict-backed store partitions with the same contract as the Redis backend."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+
+from keyshift.errors import FencedError
+from keyshift.state.base import Stamp
+
+
+class MemoryPartition:
+    def __init__(self) -> None:
+        self.data: dict[bytes, bytes] = {}
+        self.stamp: Stamp | None = None
+        self.epoch = 0
+        self.owner = ""
+
+    def claim(self, owner: str) -> int:
+        self.epoch += 1
+        self.owner = owner
+        return self.epoch
+
+    def read_stamp(self) -> Stamp | None:
+        return self.stamp
+
+    def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        return [self.data.get(k) for k in keys]
+
+    def commit(self, changes: Mapping[bytes, bytes | None], stamp: Stamp, epoch: int) -> None:
+        if self.epoch > epoch:
+            raise FencedError(f"owner epoch {self.epoch} > {epoch}: partition claimed by {self.owner}")
+        for key, value in changes.items():
+            if value is None:
+                self.data.pop(key, None)
+            else:
+                self.data[key] = value
+        self.stamp = stamp
+
+    def scan(self, batch: int = 1000) -> Iterator[list[tuple[bytes, bytes]]]:
+        items = list(self.data.items())
+        for start in range(0, len(items), batch):
+            yield items[start : start + batch]
+
+    def key_count(self) -> int:
+        return len(self.data)
+
+    def clear(self) -> None:
+        self.data.clear()
+        self.stamp = None
+        self.epoch = 0
+
+
+class MemoryStore:
+    def __init__(self, url: str = "memory://") -> None:
+        self.url = url
+        self._partitions: dict[tuple[str, str, int], MemoryPartition] = {}
+
+    def partition(self, app_id: str, store: str, partition: int) -> MemoryPartition:
+        return self._partitions.setdefault((app_id, store, partition), MemoryPartition())
+
+    def close(self) -> None:
+        return None

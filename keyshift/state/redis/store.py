@@ -1,0 +1,151 @@
+"""Store partitions as Redis hashes, committed atomically with a fenced Lua script.
+
+Layout for app ``a``, store ``s``, partition ``p`` (one Redis Cluster hash tag,
+so a task's state lives in one slot)::
+
+    ks:{a:s:p}:d   hash  key bytes -> orjson value bytes
+    ks:{a:s:p}:m   hash  epoch, owner, stamp
+
+A commit is a MULTI/EXEC of one or more script calls; every call first checks
+that no newer owner epoch holds the partition, writes its chunk of changes,
+and the last one writes the stamp.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import redis
+
+from keyshift.errors import FencedError, StateError
+from keyshift.state.base import Stamp
+
+CHUNK = 1000
+
+_COMMIT = """
+local epoch = tonumber(ARGV[1])
+local current = tonumber(redis.call('HGET', KEYS[2], 'epoch') or '0')
+if current > epoch then
+  return redis.error_reply('FENCED owner epoch ' .. current .. ' > ' .. epoch)
+end
+local nset = tonumber(ARGV[3])
+local i = 4
+if nset > 0 then
+  local args = {}
+  for j = 1, nset do
+    args[#args + 1] = ARGV[i]
+    args[#args + 1] = ARGV[i + 1]
+    i = i + 2
+  end
+  redis.call('HSET', KEYS[1], unpack(args))
+end
+if i <= #ARGV then
+  redis.call('HDEL', KEYS[1], unpack(ARGV, i, #ARGV))
+end
+if ARGV[2] ~= '' then
+  redis.call('HSET', KEYS[2], 'stamp', ARGV[2])
+end
+return 1
+"""
+
+
+def partition_keys(app_id: str, store: str, partition: int) -> tuple[str, str]:
+    """The data and meta key names of one store partition."""
+    tag = f"ks:{{{app_id}:{store}:{partition}}}"
+    return f"{tag}:d", f"{tag}:m"
+
+
+class RedisPartition:
+    def __init__(self, client: redis.Redis, script: Any, app_id: str, store: str, p: int) -> None:
+        self._r = client
+        self._script = script
+        self.data_key, self.meta_key = partition_keys(app_id, store, p)
+
+    def claim(self, owner: str) -> int:
+        pipe = self._r.pipeline(transaction=True)
+        pipe.hincrby(self.meta_key, "epoch", 1)
+        pipe.hset(self.meta_key, "owner", owner)
+        epoch, _ = pipe.execute()
+        return int(epoch)
+
+    def read_stamp(self) -> Stamp | None:
+        raw = self._r.hget(self.meta_key, "stamp")
+        return None if raw is None else Stamp.decode(raw)
+
+    def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        if not keys:
+            return []
+        return list(self._r.hmget(self.data_key, list(keys)))
+
+    def commit(self, changes: Mapping[bytes, bytes | None], stamp: Stamp, epoch: int) -> None:
+        sets = [(k, v) for k, v in changes.items() if v is not None]
+        deletes = [k for k, v in changes.items() if v is None]
+        calls: list[list[bytes | str | int]] = []
+        for start in range(0, len(sets), CHUNK):
+            chunk = sets[start : start + CHUNK]
+            args: list[bytes | str | int] = [epoch, "", len(chunk)]
+            for key, value in chunk:
+                args += (key, value)
+            calls.append(args)
+        for start in range(0, len(deletes), CHUNK):
+            calls.append([epoch, "", 0, *deletes[start : start + CHUNK]])
+        calls.append([epoch, stamp.encode(), 0])
+        pipe = self._r.pipeline(transaction=True)
+        for args in calls:
+            self._script(keys=[self.data_key, self.meta_key], args=args, client=pipe)
+        try:
+            pipe.execute()
+        except redis.ResponseError as exc:
+            if "FENCED" in str(exc):
+                raise FencedError(f"{self.meta_key}: {exc}") from exc
+            raise StateError(f"state commit to {self.data_key} failed: {exc}") from exc
+
+    def scan(self, batch: int = 1000) -> Iterator[list[tuple[bytes, bytes]]]:
+        cursor = 0
+        while True:
+            cursor, chunk = self._r.hscan(self.data_key, cursor, count=batch)
+            if chunk:
+                yield list(chunk.items())
+            if cursor == 0:
+                return
+
+    def key_count(self) -> int:
+        return int(self._r.hlen(self.data_key))
+
+    def clear(self) -> None:
+        self._r.delete(self.data_key, self.meta_key)
+
+
+class RedisStore:
+    """Opens partitions on one Redis server (or cluster endpoint)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        try:
+            self._r = redis.Redis.from_url(url, socket_keepalive=True)
+        except ValueError as exc:
+            raise StateError(f"bad Redis URL for the 'state' setting: {exc}") from exc
+        self._script = self._r.register_script(_COMMIT)
+
+    def ping(self) -> None:
+        try:
+            self._r.ping()
+        except redis.RedisError as exc:
+            raise StateError(f"cannot reach Redis at {redact(self.url)}: {exc}") from exc
+
+    def partition(self, app_id: str, store: str, partition: int) -> RedisPartition:
+        return RedisPartition(self._r, self._script, app_id, store, partition)
+
+    def close(self) -> None:
+        self._r.close()
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for logs and the state-locations topic."""
+    scheme, sep, rest = url.partition("://")
+    if "@" not in rest:
+        return url
+    creds, _, host = rest.rpartition("@")
+    user = creds.split(":", 1)[0]
+    return f"{scheme}{sep}{user + ':***@' if user else '***@'}{host}"

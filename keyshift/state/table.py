@@ -1,0 +1,92 @@
+"""A task's write-back view of one store partition.
+
+Reads hit a local cache (missing keys are fetched in batches with
+:meth:`Table.prefetch`); writes stay in the cache and are marked dirty until
+the runtime commits them with :meth:`Table.take_changes` / :meth:`Table.committed`.
+Values are held decoded; they cross the wire as orjson bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+
+from keyshift.operators.stream import MISSING
+from keyshift.state.base import Stamp, StorePartition
+
+_NOT_LOADED: Any = object()
+
+
+def encode_value(value: Any) -> bytes | None:
+    return None if value is MISSING or value is None else orjson.dumps(value)
+
+
+def decode_value(data: bytes | None) -> Any:
+    return MISSING if data is None else orjson.loads(data)
+
+
+class Table:
+    """Cached, dirty-tracking access to one store partition."""
+
+    def __init__(self, backend: StorePartition, *, max_entries: int = 200_000) -> None:
+        self.backend = backend
+        self.max_entries = max_entries
+        self.epoch = 0
+        self.stamp: Stamp | None = None
+        self.resume_offset = -1
+        self._cache: dict[bytes, Any] = {}
+        self._dirty: set[bytes] = set()
+
+    def adopt(self, stamp: Stamp | None, epoch: int) -> None:
+        """Start from the restored ``stamp``; skip input the stamp already covers."""
+        self.stamp = stamp
+        self.epoch = epoch
+        self.resume_offset = -1 if stamp is None else stamp.input_offset
+
+    def prefetch(self, keys: Iterable[bytes | None]) -> None:
+        cache = self._cache
+        missing = list({k for k in keys if k is not None and k not in cache})
+        if missing:
+            for key, raw in zip(missing, self.backend.get_many(missing), strict=True):
+                cache[key] = decode_value(raw)
+
+    def get(self, key: bytes | None) -> Any:
+        if key is None:
+            return MISSING
+        value = self._cache.get(key, _NOT_LOADED)
+        if value is _NOT_LOADED:
+            value = decode_value(self.backend.get_many([key])[0])
+            self._cache[key] = value
+        return value
+
+    def put(self, key: bytes | None, value: Any) -> None:
+        if key is None:
+            return
+        self._cache[key] = MISSING if value is None else value
+        self._dirty.add(key)
+
+    def load(self, changes: dict[bytes, bytes | None]) -> None:
+        """Apply already-committed changes (changelog replay) to the cache."""
+        for key, raw in changes.items():
+            self._cache[key] = decode_value(raw)
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self._dirty)
+
+    def take_changes(self) -> dict[bytes, bytes | None]:
+        """The encoded latest value of every key changed since the last commit."""
+        cache = self._cache
+        return {k: encode_value(cache[k]) for k in self._dirty}
+
+    def committed(self, stamp: Stamp) -> None:
+        """The changes taken are durable; evict the cache if it grew too large."""
+        self._dirty.clear()
+        self.stamp = stamp
+        if len(self._cache) > self.max_entries:
+            self._cache.clear()
+
+    def __len__(self) -> int:
+        return len(self._cache)
