@@ -6,6 +6,7 @@ import click
 
 from keyshift._version import __version__
 from keyshift.cli.dev import dev
+from keyshift.cli.run import run, scale
 from keyshift.cli.worker import worker
 
 
@@ -17,3 +18,5 @@ def main() -> None:
 
 main.add_command(dev)
 main.add_command(worker)
+main.add_command(run)
+main.add_command(scale)

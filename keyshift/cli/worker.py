@@ -24,7 +24,6 @@ def worker_options(fn: F) -> F:
     for option in reversed(
         [
             click.option("--brokers", help="Kafka bootstrap servers [env KEYSHIFT_BROKERS]."),
-            click.option("--state", "state", help="State URL [env KEYSHIFT_STATE]."),
             click.option(
                 "--guarantee",
                 type=click.Choice(["at_least_once", "exactly_once"]),
@@ -49,6 +48,7 @@ def worker_options(fn: F) -> F:
 @click.command()
 @APP_ARG
 @click.option("--instance-id", help="Stable instance id (static group membership).")
+@click.option("--state", help="State URL [env KEYSHIFT_STATE].")
 @worker_options
 def worker(
     app_ref: str,

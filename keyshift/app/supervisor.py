@@ -1,0 +1,218 @@
+"""A local supervisor: N worker processes of one app, restarted when they crash.
+
+``keyshift run`` starts it; ``keyshift scale`` changes its instance count live
+by writing the wanted count next to the run file and sending SIGHUP. Slot ``i``
+runs ``keyshift worker`` with ``--instance-id <app>-<i>`` (static membership)
+and the ``i``-th ``--state`` URL when several are given.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+
+from keyshift.dev.paths import keyshift_home
+from keyshift.errors import KeyshiftError
+
+log = logging.getLogger("keyshift.supervisor")
+
+STOP_GRACE_S = 60.0
+RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
+
+
+def run_file(app_id: str) -> Path:
+    return keyshift_home() / "run" / f"{app_id}.json"
+
+
+def scale_file(app_id: str) -> Path:
+    return keyshift_home() / "run" / f"{app_id}.scale"
+
+
+def find_supervisor(app_id: str) -> dict[str, object]:
+    """The run record of a live supervisor of ``app_id``; raises if none runs."""
+    path = run_file(app_id)
+    try:
+        record: dict[str, object] = orjson.loads(path.read_bytes())
+        pid = int(str(record["pid"]))
+        os.kill(pid, 0)
+    except (FileNotFoundError, ProcessLookupError, KeyError, ValueError, orjson.JSONDecodeError):
+        raise KeyshiftError(
+            f"no supervisor of app {app_id!r} is running (no live run file {path}); "
+            f"start one with `keyshift run MODULE:APP --instances N`"
+        ) from None
+    return record
+
+
+def request_scale(app_id: str, instances: int) -> int:
+    """Ask the running supervisor to run ``instances`` workers; returns its pid."""
+    record = find_supervisor(app_id)
+    pid = int(str(record["pid"]))
+    scale_file(app_id).write_text(str(instances))
+    os.kill(pid, signal.SIGHUP)
+    return pid
+
+
+@dataclass
+class Slot:
+    index: int
+    instance_id: str
+    state: str | None
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    started_at: float = 0.0
+    retired: bool = False
+    history: list[int] = field(default_factory=list)
+
+
+class Supervisor:
+    """Keeps ``instances`` worker processes running."""
+
+    def __init__(
+        self,
+        app_ref: str,
+        app_id: str,
+        instances: int,
+        states: list[str],
+        worker_args: list[str],
+        *,
+        echo: bool = True,
+    ) -> None:
+        if instances < 0:
+            raise KeyshiftError("--instances must be >= 0")
+        if len(states) > 1 and len(states) < instances:
+            raise KeyshiftError(
+                f"{len(states)} --state URLs for {instances} instances: give one shared URL "
+                f"or one per instance"
+            )
+        self.app_ref = app_ref
+        self.app_id = app_id
+        self.states = states
+        self.worker_args = worker_args
+        self.echo = echo
+        self.wanted = instances
+        self.slots: dict[int, Slot] = {}
+        self._stopping = False
+        self._rescale = False
+
+    def state_for(self, index: int) -> str | None:
+        if not self.states:
+            return None
+        return self.states[index] if len(self.states) > 1 else self.states[0]
+
+    # -- control ---------------------------------------------------------------
+    def stop(self) -> None:
+        self._stopping = True
+
+    def rescale(self) -> None:
+        self._rescale = True
+
+    def _say(self, text: str) -> None:
+        if self.echo:
+            print(text, flush=True)
+
+    # -- processes ---------------------------------------------------------------
+    def _command(self, slot: Slot) -> list[str]:
+        cmd = [sys.executable, "-m", "keyshift", "worker", self.app_ref,
+               "--instance-id", slot.instance_id]
+        if slot.state:
+            cmd += ["--state", slot.state]
+        return cmd + self.worker_args
+
+    def _start(self, slot: Slot) -> None:
+        slot.proc = subprocess.Popen(self._command(slot))
+        slot.started_at = time.monotonic()
+        slot.history.append(slot.proc.pid)
+        where = f" state={_redact(slot.state)}" if slot.state else ""
+        self._say(f"instance {slot.instance_id} pid={slot.proc.pid}{where}")
+
+    def _terminate(self, slots: list[Slot]) -> None:
+        for slot in slots:
+            if slot.proc is not None and slot.proc.poll() is None:
+                slot.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        for slot in slots:
+            if slot.proc is None:
+                continue
+            try:
+                slot.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("worker did not stop in time; killing", extra={"pid": slot.proc.pid})
+                slot.proc.kill()
+                slot.proc.wait()
+
+    def _apply_scale(self) -> None:
+        path = scale_file(self.app_id)
+        try:
+            self.wanted = int(path.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return
+        self._say(f"scaling to {self.wanted} instances")
+
+    def _reconcile(self) -> None:
+        live = sorted(i for i, s in self.slots.items() if not s.retired)
+        for index in range(self.wanted):
+            if index not in self.slots or self.slots[index].retired:
+                if len(self.states) > 1 and index >= len(self.states):
+                    log.error("no --state URL for slot", extra={"slot": index})
+                    continue
+                slot = Slot(index, f"{self.app_id}-{index}", self.state_for(index))
+                self.slots[index] = slot
+                self._start(slot)
+        extra = [self.slots[i] for i in live if i >= self.wanted]
+        if extra:
+            self._terminate(extra)
+            for slot in extra:
+                slot.retired = True
+                self._say(f"instance {slot.instance_id} stopped (scale-in)")
+
+    def _watch(self) -> None:
+        for slot in self.slots.values():
+            if slot.retired or slot.proc is None:
+                continue
+            code = slot.proc.poll()
+            if code is None:
+                continue
+            backoff = RESTART_BACKOFF_S[min(slot.restarts, len(RESTART_BACKOFF_S) - 1)]
+            if time.monotonic() - slot.started_at > 30:
+                slot.restarts = 0
+            slot.restarts += 1
+            self._say(f"instance {slot.instance_id} exited with {code}; restarting in {backoff}s")
+            time.sleep(backoff)
+            if not self._stopping:
+                self._start(slot)
+
+    def run(self) -> int:
+        path = run_file(self.app_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(orjson.dumps({"pid": os.getpid(), "app": self.app_id,
+                                       "app_ref": self.app_ref, "instances": self.wanted}))
+        scale_file(self.app_id).unlink(missing_ok=True)
+        try:
+            self._reconcile()
+            while not self._stopping:
+                if self._rescale:
+                    self._rescale = False
+                    self._apply_scale()
+                    self._reconcile()
+                self._watch()
+                time.sleep(0.2)
+            self._say("stopping all instances")
+            self._terminate([s for s in self.slots.values() if not s.retired])
+        finally:
+            path.unlink(missing_ok=True)
+            scale_file(self.app_id).unlink(missing_ok=True)
+        return 0
+
+
+def _redact(url: str | None) -> str:
+    from keyshift.state.redis.store import redact
+
+    return "" if url is None else redact(url)
