@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from keyshift.errors import BrokerError
+from keyshift.retry import DEFAULT_RETRY, Retry
 from keyshift.state.base import Stamp, StorePartition
 from keyshift.state.changelog import MARKER_KEY
 
@@ -40,13 +41,16 @@ def replay_changelog(
     epoch: int,
     *,
     timeout_s: float = 120.0,
+    retry: Retry = DEFAULT_RETRY,
 ) -> ReplayResult:
     """Apply the changelog tail beyond ``stamp`` to ``backend``; return the new stamp."""
     started = time.monotonic()
     start = 0 if stamp is None else stamp.changelog_offset
     tp = TopicPartition(topic, partition)
     try:
-        low, high = consumer.get_watermark_offsets(tp, timeout=10)
+        low, high = retry.call(
+            lambda: consumer.get_watermark_offsets(tp, timeout=10), f"offsets of {topic}"
+        )
     except Exception as exc:
         raise BrokerError(f"cannot read offsets of {topic}[{partition}]: {exc}") from exc
     start = max(start, low)
