@@ -85,6 +85,9 @@ class Settings:
         migration: how a task's state reaches a new owner (env ``KEYSHIFT_MIGRATION``).
         cache_max_entries: write-back cache entries kept per task between commits
             (env ``KEYSHIFT_CACHE_MAX_ENTRIES``).
+        peers: Redis URLs, with credentials, of other instances' state, used to
+            transfer state directly (env ``KEYSHIFT_PEERS``, comma-separated).
+            Published locations never carry secrets; they are matched against these.
         kafka: extra librdkafka settings passed to every client (SASL/SSL, ...).
     """
 
@@ -99,12 +102,13 @@ class Settings:
     on_error: OnError = "dlq"
     migration: Migration = "auto"
     cache_max_entries: int = 200_000
+    peers: tuple[str, ...] = ()
     kafka: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def build(cls, app_id: str, **given: Any) -> Settings:
         """Build settings from explicit values (None = not given), env vars, defaults."""
-        if not app_id or not all(c.isalnum() or c in "._-" for c in app_id):
+        if not app_id or not all((c.isascii() and c.isalnum()) or c in "._-" for c in app_id):
             raise ConfigError("app_id", f"{app_id!r} must be non-empty and use [A-Za-z0-9._-]")
 
         def pick(name: str, default: Any) -> Any:
@@ -126,6 +130,12 @@ class Settings:
                 "state", f"{state!r}: expected redis://, rediss://, unix:// or memory://"
             )
         instance_id = pick("instance_id", None)
+        peers = pick("peers", ())
+        if isinstance(peers, str):
+            peers = tuple(p.strip() for p in peers.split(",") if p.strip())
+        for peer in peers:
+            if peer.split("://", 1)[0] not in ("redis", "rediss", "unix"):
+                raise ConfigError("peers", f"{peer!r} is not a redis://, rediss:// or unix:// URL")
         return cls(
             app_id=app_id,
             brokers=brokers,
@@ -144,6 +154,7 @@ class Settings:
             cache_max_entries=_positive_int(
                 "cache_max_entries", pick("cache_max_entries", 200_000)
             ),
+            peers=tuple(peers),
             kafka=kafka,
         )
 

@@ -61,6 +61,31 @@ def consumer_config(settings: Settings) -> dict[str, object]:
     return config
 
 
+def control_consumer_config(settings: Settings) -> dict[str, object]:
+    """An assign-only reader of control topics (state locations)."""
+    config: dict[str, object] = {
+        "group.id": f"{settings.app_id}-control-{uuid.uuid4().hex[:8]}",
+        "enable.auto.commit": False,
+        "enable.partition.eof": True,
+        "auto.offset.reset": "earliest",
+        "fetch.wait.max.ms": 50,
+        "client.id": f"{settings.app_id}-control",
+    }
+    config.update(settings.client_config())
+    return config
+
+
+def control_producer_config(settings: Settings) -> dict[str, object]:
+    config: dict[str, object] = {
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 0,
+        "client.id": f"{settings.app_id}-control",
+    }
+    config.update(settings.client_config())
+    return config
+
+
 def restore_consumer_config(settings: Settings) -> dict[str, object]:
     config: dict[str, object] = {
         "group.id": f"{settings.app_id}-restore-{uuid.uuid4().hex[:8]}",
@@ -123,6 +148,8 @@ class TopicManager:
             for sink in sub.sinks():
                 wanted.append(TopicSpec(sink, n, {}))
         wanted.append(TopicSpec(topology.dlq_topic, 1, {}))
+        wanted.append(TopicSpec(topology.locations_topic, 1, {"cleanup.policy": "compact"}))
+        wanted.append(TopicSpec(topology.events_topic, 1, {}))
         return counts, wanted
 
     def ensure(self, specs: list[TopicSpec], existing: dict[str, int]) -> None:

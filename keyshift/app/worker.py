@@ -39,6 +39,8 @@ from confluent_kafka import (
 from keyshift.app.kafka import (
     TopicManager,
     consumer_config,
+    control_consumer_config,
+    control_producer_config,
     producer_config,
     restore_consumer_config,
 )
@@ -46,7 +48,9 @@ from keyshift.app.metrics import Metrics
 from keyshift.app.task import Task
 from keyshift.config import Settings
 from keyshift.errors import BrokerError, FencedError, KeyshiftError
-from keyshift.migrations.replay import replay_changelog
+from keyshift.migrations.events import EventLog, now_ms
+from keyshift.migrations.locations import LocationsView
+from keyshift.migrations.restore import Restored, Restorer
 from keyshift.operators.topology import Topology
 from keyshift.state.base import Store
 from keyshift.state.changelog import MARKER_KEY
@@ -72,6 +76,10 @@ class Worker:
         self._marker_offsets: dict[tuple[str, int], int] = {}
         self._delivery_errors: list[str] = []
         self._restore: Consumer | None = None
+        self._restorer: Restorer | None = None
+        self._locations: LocationsView | None = None
+        self._events: EventLog | None = None
+        self._restored: dict[tuple[str, int], list[Restored]] = {}
         self._store: Store | None = None
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
@@ -116,6 +124,16 @@ class Worker:
             except KafkaException as exc:
                 raise BrokerError(f"cannot initialise transactions: {exc}") from exc
             self._producer.begin_transaction()
+        self._locations = LocationsView(
+            topology.locations_topic,
+            control_consumer_config(settings),
+            control_producer_config(settings),
+        )
+        self._events = EventLog(topology.events_topic, control_producer_config(settings))
+        self._restorer = Restorer(
+            settings, self._store, self._locations, self._restore_consumer, self.instance,
+            topology.changelog_topic,
+        )
         self._consumer = Consumer(consumer_config(settings))
         self._consumer.subscribe(
             list(self._subs),
@@ -142,6 +160,8 @@ class Worker:
                 started = time.monotonic()
                 self._process(msgs)
                 self.metrics.processing_seconds += time.monotonic() - started
+            if self._restored:
+                self._migration_tick()
             producer.poll(0)
             now = time.monotonic()
             if now >= next_commit:
@@ -165,6 +185,12 @@ class Worker:
                 self._producer.flush(10)
             if self._restore is not None:
                 self._restore.close()
+            if self._restorer is not None:
+                self._restorer.close()
+            if self._locations is not None:
+                self._locations.close()
+            if self._events is not None:
+                self._events.close()
             if self._store is not None:
                 self._store.close()
             log.info("worker stopped", extra={"instance": self.instance,
@@ -193,6 +219,10 @@ class Worker:
             if task is not None:
                 before = task.duplicates
                 task.process(group)
+                if key in self._restored:
+                    stamp_ms = now_ms()
+                    for restored in self._restored[key]:
+                        restored.event.record_first(stamp_ms)
                 self.metrics.records_in += len(group)
                 self.metrics.duplicates_dropped += task.duplicates - before
 
@@ -249,7 +279,7 @@ class Worker:
     def commit(self) -> None:
         """Make all progress durable (see the module docstring for the order)."""
         assert self._producer is not None and self._consumer is not None
-        tasks = [t for t in self.tasks.values() if t.has_progress()]
+        tasks = [t for t in self.tasks.values() if t.has_progress() and not self._fenced(t)]
         if not tasks:
             return
         started = time.monotonic()
@@ -259,6 +289,7 @@ class Worker:
             for store, table in task.tables.items():
                 topic = self.topology.changelog_topic(store)
                 changes = table.take_changes()
+                fills = table.take_fills()
                 for key, value in changes.items():
                     self._produce_changelog(topic, task.partition, key, value)
                 marker_key = (topic, task.partition)
@@ -267,7 +298,7 @@ class Worker:
                     topic, task.partition, MARKER_KEY, stamp.encode(),
                     on_delivery=partial(self._on_marker, marker_key),
                 )
-                pending.append((task, store, table, changes))
+                pending.append((task, store, table, {**fills, **changes} if fills else changes))
         offsets = [TopicPartition(t.topic, t.partition, t.position) for t in tasks]
         if self.settings.exactly_once:
             try:
@@ -290,7 +321,7 @@ class Worker:
                 continue
             topic = self.topology.changelog_topic(store)
             offset = self._marker_offsets.pop((topic, task.partition))
-            stamp = replace(task.stamp(table.epoch), changelog_offset=offset + 1)
+            stamp = replace(task.stamp(table.epoch), changelog_offset=offset + 1, ts_ms=now_ms())
             try:
                 table.backend.commit(changes, stamp, table.epoch)
             except FencedError as exc:
@@ -298,7 +329,7 @@ class Worker:
                     "task fenced: another instance owns it now; dropping it",
                     extra={"topic": task.topic, "partition": task.partition, "error": str(exc)},
                 )
-                self.tasks.pop((task.topic, task.partition), None)
+                self._drop(task.topic, task.partition)
                 continue
             table.committed(stamp)
             self.metrics.flushed_keys += len(changes)
@@ -349,25 +380,15 @@ class Worker:
         return self._restore
 
     def _open_task(self, topic: str, partition: int) -> Task:
-        assert self._store is not None
+        assert self._restorer is not None
         sub = self._subs[topic]
-        tables: dict[str, Table] = {}
-        for store in sub.stores():
-            backend = self._store.partition(self.settings.app_id, store, partition)
-            epoch = backend.claim(self.instance)
-            result = replay_changelog(
-                self._restore_consumer(),
-                self.topology.changelog_topic(store),
-                partition,
-                backend,
-                backend.read_stamp(),
-                epoch,
-            )
+        restored = [self._restorer.open(store, partition) for store in sub.stores()]
+        for item in restored:
             self.metrics.restores += 1
-            self.metrics.restored_records += result.records
-            table = Table(backend, max_entries=self.settings.cache_max_entries)
-            table.adopt(result.stamp, epoch)
-            tables[store] = table
+            self.metrics.restored_records += item.event.tail_records
+        if restored:
+            self._restored[(topic, partition)] = restored
+        tables = {r.event.store: r.table for r in restored}
         task = Task(
             sub, partition, tables, self._produce, self._dead_letter,
             raise_on_error=self.settings.on_error == "raise",
@@ -375,10 +396,47 @@ class Worker:
         task.adopt_upstream([t.stamp for t in tables.values()])
         return task
 
+    def _fenced(self, task: Task) -> bool:
+        """Check, before writing the changelog, that no newer owner claimed the task."""
+        for table in task.tables.values():
+            current = table.backend.owner_epoch()
+            if current > table.epoch:
+                log.warning(
+                    "task fenced: another instance owns it now; dropping it",
+                    extra={"topic": task.topic, "partition": task.partition,
+                           "epoch": table.epoch, "owner_epoch": current},
+                )
+                self._drop(task.topic, task.partition)
+                return True
+        return False
+
+    def _drop(self, topic: str, partition: int) -> None:
+        self.tasks.pop((topic, partition), None)
+        for restored in self._restored.pop((topic, partition), []):
+            if self._events is not None and not restored.event.emitted:
+                if restored.event.duration_ms is not None:
+                    self._events.emit(restored.event)
+
+    def _migration_tick(self, budget_s: float = 0.02) -> None:
+        """Advance background copies (bounded time) and emit finished migrations."""
+        assert self._restorer is not None and self._events is not None
+        deadline = time.monotonic() + budget_s
+        for (topic, partition), items in list(self._restored.items()):
+            for item in items:
+                if item.copy is not None and not item.copy.done:
+                    if time.monotonic() < deadline and item.copy.step():
+                        self._restorer.copy_finished(item.event.store, partition, item)
+                if item.event.ready():
+                    self._events.emit(item.event)
+            if all(i.event.emitted for i in items):
+                del self._restored[(topic, partition)]
+
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         started = time.monotonic()
         assign = []
+        assert self._locations is not None
         try:
+            self._locations.catch_up()
             for tp in partitions:
                 task = self._open_task(tp.topic, tp.partition)
                 self.tasks[(tp.topic, tp.partition)] = task
@@ -402,7 +460,7 @@ class Worker:
         if not self._failed:
             self.commit()
         for tp in partitions:
-            self.tasks.pop((tp.topic, tp.partition), None)
+            self._drop(tp.topic, tp.partition)
         log.info(
             "partitions revoked",
             extra={"instance": self.instance,
@@ -420,4 +478,4 @@ class Worker:
             self._failed = True
             raise BrokerError("partitions lost while a transaction was open; restarting")
         for tp in partitions:
-            self.tasks.pop((tp.topic, tp.partition), None)
+            self._drop(tp.topic, tp.partition)

@@ -61,6 +61,7 @@ def replay_changelog(
     pending: dict[bytes, bytes | None] = {}
     applied: dict[bytes, bytes | None] = {}
     records = written = 0
+    top_epoch = 0 if stamp is None else stamp.epoch
     last_log = time.monotonic()
     deadline = started + timeout_s
     try:
@@ -81,9 +82,15 @@ def replay_changelog(
                 records += 1
                 key = msg.key()
                 if key == MARKER_KEY:
+                    marker = Stamp.decode(msg.value())
+                    if marker.epoch < top_epoch:
+                        # A fenced zombie's commit, written after a newer owner took over.
+                        pending.clear()
+                        continue
+                    top_epoch = marker.epoch
                     applied.update(pending)
                     pending.clear()
-                    stamp = replace(Stamp.decode(msg.value()), changelog_offset=msg.offset() + 1)
+                    stamp = replace(marker, changelog_offset=msg.offset() + 1)
                     if len(applied) >= WRITE_EVERY:
                         backend.commit(applied, replace(stamp, epoch=epoch), epoch)
                         written += len(applied)

@@ -96,9 +96,11 @@ def _compile(node: Node, sub: SubTopology, ctx: ProcessorContext) -> Push:  # no
         get, put = table.get, table.put
 
         def push(key: Any, value: Any) -> None:
-            if ctx.offset < table.resume_offset:
-                return  # already reflected in this store's restored state
             raw = ctx.raw_key
+            if raw is None or ctx.offset < table.resume_offset:
+                # Null keys are dropped (as in Kafka Streams); lower offsets are
+                # already reflected in this store's restored state.
+                return
             new = fn(get(raw), value)
             put(raw, new)
             down(key, new)

@@ -53,7 +53,10 @@ class StrSerde:
     def serialize(self, obj: Any) -> bytes | None:
         if obj is None:
             return None
-        return str(obj).encode()
+        try:
+            return str(obj).encode()
+        except UnicodeEncodeError as exc:
+            raise SerializationError(f"cannot encode as UTF-8: {exc}") from exc
 
     def deserialize(self, data: bytes | None) -> Any:
         if data is None:

@@ -17,7 +17,7 @@ from keyshift.operators.topology import Node, SubTopology, Topology
 MISSING: Any = object()
 """Sentinel for "no state yet for this key"."""
 
-_IMMUTABLE = (int, float, str, bytes, bool, tuple, frozenset, type(None))
+_IMMUTABLE = (int, float, str, bytes, bool, type(None))
 
 
 class Stream:

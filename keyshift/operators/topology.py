@@ -92,7 +92,7 @@ class Topology:
         return sub
 
     def register_store(self, store: str, sub: SubTopology) -> None:
-        if not store or not all(c.isalnum() or c in "._-" for c in store):
+        if not store or not all((c.isascii() and c.isalnum()) or c in "._-" for c in store):
             raise TopologyError(f"store name {store!r} must be non-empty and use [A-Za-z0-9._-]")
         if store in self._store_owner:
             raise TopologyError(f"store {store!r} is used by two operators; names must be unique")
@@ -108,6 +108,14 @@ class Topology:
     @property
     def dlq_topic(self) -> str:
         return f"{self.app_id}-dlq"
+
+    @property
+    def locations_topic(self) -> str:
+        return f"{self.app_id}-state-locations"
+
+    @property
+    def events_topic(self) -> str:
+        return f"{self.app_id}-events"
 
     def store_names(self) -> list[str]:
         return list(self._store_owner)

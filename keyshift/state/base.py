@@ -29,12 +29,14 @@ class Stamp:
         upstream: for tasks reading a repartition topic, the last applied origin
             ``(offset, index)`` per upstream partition (for duplicate suppression).
         epoch: owner epoch of the instance that wrote the stamp.
+        ts_ms: wall-clock time of the commit that wrote it (for pause measurement).
     """
 
     input_offset: int
     changelog_offset: int
     upstream: Mapping[int, tuple[int, int]] = field(default_factory=dict)
     epoch: int = 0
+    ts_ms: int = 0
 
     def encode(self) -> bytes:
         return orjson.dumps(
@@ -43,6 +45,7 @@ class Stamp:
                 "cl": self.changelog_offset,
                 "up": {str(u): list(pos) for u, pos in self.upstream.items()},
                 "ep": self.epoch,
+                "ts": self.ts_ms,
             }
         )
 
@@ -55,16 +58,22 @@ class Stamp:
                 changelog_offset=int(raw["cl"]),
                 upstream={int(u): (int(p[0]), int(p[1])) for u, p in raw.get("up", {}).items()},
                 epoch=int(raw.get("ep", 0)),
+                ts_ms=int(raw.get("ts", 0)),
             )
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, IndexError) as exc:
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
             raise StateError(f"corrupt state stamp {data!r}: {exc}") from exc
 
 
 class StorePartition(Protocol):
     """Backend I/O for one store of one task."""
 
-    def claim(self, owner: str) -> int:
-        """Become the owner: bump and return the owner epoch (fences older owners)."""
+    def claim(self, owner: str, minimum: int = 0) -> int:
+        """Become the owner: raise the owner epoch to ``max(epoch + 1, minimum)``.
+
+        Returns the new epoch; every commit made with an older epoch is refused
+        from now on (fences older owners). ``minimum`` keeps epochs monotonic per
+        task across different Redis servers.
+        """
         ...
 
     def read_stamp(self) -> Stamp | None:
@@ -81,6 +90,18 @@ class StorePartition(Protocol):
         Raises:
             FencedError: a newer owner epoch holds the partition.
         """
+        ...
+
+    def owner_epoch(self) -> int:
+        """The current owner epoch (0 when never claimed)."""
+        ...
+
+    def copy_missing(self, items: Sequence[tuple[bytes, bytes]], epoch: int) -> int:
+        """Set each key that is absent (never overwrite); fenced; returns keys set."""
+        ...
+
+    def clear_data(self) -> None:
+        """Delete the data and the stamp, keeping the owner epoch."""
         ...
 
     def scan(self, batch: int = 1000) -> Iterator[list[tuple[bytes, bytes]]]:

@@ -8,8 +8,8 @@ Values are held decoded; they cross the wire as orjson bytes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
 
 import orjson
 
@@ -17,6 +17,14 @@ from keyshift.operators.stream import MISSING
 from keyshift.state.base import Stamp, StorePartition
 
 _NOT_LOADED: Any = object()
+
+
+class RemoteSource(Protocol):
+    """Where keys not yet local come from during a progressive migration."""
+
+    done: bool
+
+    def fetch(self, keys: Sequence[bytes]) -> list[bytes | None]: ...
 
 
 def encode_value(value: Any) -> bytes | None:
@@ -38,6 +46,8 @@ class Table:
         self.resume_offset = -1
         self._cache: dict[bytes, Any] = {}
         self._dirty: set[bytes] = set()
+        self.source: RemoteSource | None = None
+        self._fills: dict[bytes, bytes] = {}
 
     def adopt(self, stamp: Stamp | None, epoch: int) -> None:
         """Start from the restored ``stamp``; skip input the stamp already covers."""
@@ -46,19 +56,38 @@ class Table:
         self.resume_offset = -1 if stamp is None else stamp.input_offset
 
     def prefetch(self, keys: Iterable[bytes | None]) -> None:
-        cache = self._cache
-        missing = list({k for k in keys if k is not None and k not in cache})
+        missing = list({k for k in keys if k is not None and k not in self._cache})
         if missing:
-            for key, raw in zip(missing, self.backend.get_many(missing), strict=True):
-                cache[key] = decode_value(raw)
+            self._load(missing)
+
+    def _load(self, keys: list[bytes]) -> None:
+        """Read keys locally, then (mid-migration) the still-absent ones remotely."""
+        cache = self._cache
+        values = self.backend.get_many(keys)
+        source = self.source
+        if source is not None and not source.done:
+            absent = [k for k, v in zip(keys, values, strict=True) if v is None]
+            if absent:
+                for key, raw in zip(absent, source.fetch(absent), strict=True):
+                    if raw is not None:
+                        self._fills[key] = raw
+                        cache[key] = orjson.loads(raw)
+                    else:
+                        cache[key] = MISSING
+                for key, raw in zip(keys, values, strict=True):
+                    if raw is not None:
+                        cache[key] = orjson.loads(raw)
+                return
+        for key, raw in zip(keys, values, strict=True):
+            cache[key] = decode_value(raw)
 
     def get(self, key: bytes | None) -> Any:
         if key is None:
             return MISSING
         value = self._cache.get(key, _NOT_LOADED)
         if value is _NOT_LOADED:
-            value = decode_value(self.backend.get_many([key])[0])
-            self._cache[key] = value
+            self._load([key])
+            value = self._cache[key]
         return value
 
     def put(self, key: bytes | None, value: Any) -> None:
@@ -80,6 +109,11 @@ class Table:
         """The encoded latest value of every key changed since the last commit."""
         cache = self._cache
         return {k: encode_value(cache[k]) for k in self._dirty}
+
+    def take_fills(self) -> dict[bytes, bytes]:
+        """Keys fetched from a migration source: written locally, not to the changelog."""
+        fills, self._fills = self._fills, {}
+        return fills
 
     def committed(self, stamp: Stamp) -> None:
         """The changes taken are durable; evict the cache if it grew too large."""

@@ -15,8 +15,8 @@ class MemoryPartition:
         self.epoch = 0
         self.owner = ""
 
-    def claim(self, owner: str) -> int:
-        self.epoch += 1
+    def claim(self, owner: str, minimum: int = 0) -> int:
+        self.epoch = max(self.epoch + 1, minimum)
         self.owner = owner
         return self.epoch
 
@@ -27,14 +27,35 @@ class MemoryPartition:
         return [self.data.get(k) for k in keys]
 
     def commit(self, changes: Mapping[bytes, bytes | None], stamp: Stamp, epoch: int) -> None:
-        if self.epoch > epoch:
-            raise FencedError(f"owner epoch {self.epoch} > {epoch}: partition claimed by {self.owner}")
+        self._fence(epoch)
         for key, value in changes.items():
             if value is None:
                 self.data.pop(key, None)
             else:
                 self.data[key] = value
         self.stamp = stamp
+
+    def owner_epoch(self) -> int:
+        return self.epoch
+
+    def copy_missing(self, items: Sequence[tuple[bytes, bytes]], epoch: int) -> int:
+        self._fence(epoch)
+        added = 0
+        for key, value in items:
+            if key not in self.data:
+                self.data[key] = value
+                added += 1
+        return added
+
+    def clear_data(self) -> None:
+        self.data.clear()
+        self.stamp = None
+
+    def _fence(self, epoch: int) -> None:
+        if self.epoch > epoch:
+            raise FencedError(
+                f"owner epoch {self.epoch} > {epoch}: partition claimed by {self.owner}"
+            )
 
     def scan(self, batch: int = 1000) -> Iterator[list[tuple[bytes, bytes]]]:
         items = list(self.data.items())

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import redis
 
@@ -50,6 +51,27 @@ return 1
 """
 
 
+_COPY_MISSING = """
+local epoch = tonumber(ARGV[1])
+local current = tonumber(redis.call('HGET', KEYS[2], 'epoch') or '0')
+if current > epoch then
+  return redis.error_reply('FENCED owner epoch ' .. current .. ' > ' .. epoch)
+end
+local added = 0
+for i = 2, #ARGV, 2 do
+  added = added + redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+return added
+"""
+
+
+_CLAIM = """
+local epoch = math.max(tonumber(redis.call('HGET', KEYS[1], 'epoch') or '0') + 1, tonumber(ARGV[2]))
+redis.call('HSET', KEYS[1], 'epoch', epoch, 'owner', ARGV[1])
+return epoch
+"""
+
+
 def partition_keys(app_id: str, store: str, partition: int) -> tuple[str, str]:
     """The data and meta key names of one store partition."""
     tag = f"ks:{{{app_id}:{store}:{partition}}}"
@@ -57,17 +79,15 @@ def partition_keys(app_id: str, store: str, partition: int) -> tuple[str, str]:
 
 
 class RedisPartition:
-    def __init__(self, client: redis.Redis, script: Any, app_id: str, store: str, p: int) -> None:
+    def __init__(
+        self, client: redis.Redis, scripts: tuple[Any, Any, Any], app_id: str, store: str, p: int
+    ) -> None:
         self._r = client
-        self._script = script
+        self._script, self._copy_script, self._claim_script = scripts
         self.data_key, self.meta_key = partition_keys(app_id, store, p)
 
-    def claim(self, owner: str) -> int:
-        pipe = self._r.pipeline(transaction=True)
-        pipe.hincrby(self.meta_key, "epoch", 1)
-        pipe.hset(self.meta_key, "owner", owner)
-        epoch, _ = pipe.execute()
-        return int(epoch)
+    def claim(self, owner: str, minimum: int = 0) -> int:
+        return int(self._claim_script(keys=[self.meta_key], args=[owner, minimum]))
 
     def read_stamp(self) -> Stamp | None:
         raw = self._r.hget(self.meta_key, "stamp")
@@ -97,9 +117,35 @@ class RedisPartition:
         try:
             pipe.execute()
         except redis.ResponseError as exc:
-            if "FENCED" in str(exc):
-                raise FencedError(f"{self.meta_key}: {exc}") from exc
+            raise self._error(exc) from exc
+        except redis.RedisError as exc:
             raise StateError(f"state commit to {self.data_key} failed: {exc}") from exc
+
+    def _error(self, exc: redis.ResponseError) -> StateError:
+        if "FENCED" in str(exc):
+            return FencedError(f"{self.meta_key}: {exc}")
+        return StateError(f"state write to {self.data_key} failed: {exc}")
+
+    def owner_epoch(self) -> int:
+        return int(self._r.hget(self.meta_key, "epoch") or 0)
+
+    def copy_missing(self, items: Sequence[tuple[bytes, bytes]], epoch: int) -> int:
+        added = 0
+        for start in range(0, len(items), CHUNK):
+            args: list[bytes | int] = [epoch]
+            for key, value in items[start : start + CHUNK]:
+                args += (key, value)
+            try:
+                added += int(self._copy_script(keys=[self.data_key, self.meta_key], args=args))
+            except redis.ResponseError as exc:
+                raise self._error(exc) from exc
+        return added
+
+    def clear_data(self) -> None:
+        pipe = self._r.pipeline(transaction=True)
+        pipe.delete(self.data_key)
+        pipe.hdel(self.meta_key, "stamp")
+        pipe.execute()
 
     def scan(self, batch: int = 1000) -> Iterator[list[tuple[bytes, bytes]]]:
         cursor = 0
@@ -120,13 +166,20 @@ class RedisPartition:
 class RedisStore:
     """Opens partitions on one Redis server (or cluster endpoint)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, timeout_s: float | None = None) -> None:
         self.url = url
         try:
-            self._r = redis.Redis.from_url(url, socket_keepalive=True)
+            self._r = redis.Redis.from_url(
+                url, socket_keepalive=True, socket_connect_timeout=timeout_s or 10.0,
+                socket_timeout=timeout_s,
+            )
         except ValueError as exc:
             raise StateError(f"bad Redis URL for the 'state' setting: {exc}") from exc
-        self._script = self._r.register_script(_COMMIT)
+        self._scripts = (
+            self._r.register_script(_COMMIT),
+            self._r.register_script(_COPY_MISSING),
+            self._r.register_script(_CLAIM),
+        )
 
     def ping(self) -> None:
         try:
@@ -135,17 +188,25 @@ class RedisStore:
             raise StateError(f"cannot reach Redis at {redact(self.url)}: {exc}") from exc
 
     def partition(self, app_id: str, store: str, partition: int) -> RedisPartition:
-        return RedisPartition(self._r, self._script, app_id, store, partition)
+        return RedisPartition(self._r, self._scripts, app_id, store, partition)
 
     def close(self) -> None:
         self._r.close()
 
 
 def redact(url: str) -> str:
-    """The URL without its password, for logs and the state-locations topic."""
-    scheme, sep, rest = url.partition("://")
-    if "@" not in rest:
-        return url
-    creds, _, host = rest.rpartition("@")
-    user = creds.split(":", 1)[0]
-    return f"{scheme}{sep}{user + ':***@' if user else '***@'}{host}"
+    """The URL without its password (userinfo or ``?password=``), for logs and topics."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        creds, _, host = netloc.rpartition("@")
+        user = creds.split(":", 1)[0]
+        netloc = f"{user}:***@{host}" if user else f"***@{host}"
+    query = "&".join(
+        f"{k}=***" if k.lower() == "password" else f"{k}={v}"
+        for k, v in parse_qsl(parts.query, keep_blank_values=True)
+    )
+    out = f"{parts.scheme}://{netloc}{parts.path}"
+    if query:
+        out += f"?{query}"
+    return out + (f"#{parts.fragment}" if parts.fragment else "")

@@ -1,0 +1,88 @@
+"""Migration events: one per moved task, as a structured log line and a record in
+``<app>-events``."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+
+import orjson
+from confluent_kafka import Producer
+
+log = logging.getLogger("keyshift.migrations")
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class MigrationEvent:
+    """What one migration did and cost.
+
+    ``pause_ms``: last commit of the previous owner -> first record processed
+    here. ``duration_ms``: assignment -> state fully local.
+    """
+
+    app: str
+    store: str
+    partition: int
+    strategy: str
+    reason: str
+    from_instance: str | None
+    from_url: str | None
+    to_instance: str
+    to_url: str
+    assigned_ms: int
+    previous_commit_ms: int = 0
+    keys: int = 0
+    bytes: int = 0
+    fetched_on_demand: int = 0
+    tail_records: int = 0
+    pause_ms: int | None = None
+    duration_ms: int | None = None
+    first_record_ms: int | None = None
+    emitted: bool = False
+
+    @property
+    def task(self) -> str:
+        return f"{self.store}[{self.partition}]"
+
+    def record_first(self, when_ms: int) -> None:
+        if self.first_record_ms is None:
+            self.first_record_ms = when_ms
+            if self.previous_commit_ms:
+                self.pause_ms = max(0, when_ms - self.previous_commit_ms)
+
+    def finish(self) -> None:
+        self.duration_ms = now_ms() - self.assigned_ms
+
+    def ready(self, idle_s: float = 5.0) -> bool:
+        if self.emitted or self.duration_ms is None:
+            return False
+        return self.first_record_ms is not None or now_ms() - self.assigned_ms > idle_s * 1000
+
+    def to_dict(self) -> dict[str, object]:
+        doc = asdict(self)
+        doc.pop("emitted")
+        doc["task"] = self.task
+        return doc
+
+
+class EventLog:
+    """Publishes migration events."""
+
+    def __init__(self, topic: str, producer_conf: dict[str, object]) -> None:
+        self.topic = topic
+        self._producer = Producer(producer_conf)
+
+    def emit(self, event: MigrationEvent) -> None:
+        event.emitted = True
+        doc = event.to_dict()
+        log.info("migration", extra={k: v for k, v in doc.items() if v is not None})
+        self._producer.produce(self.topic, orjson.dumps(doc), event.task.encode())
+        self._producer.poll(0)
+
+    def close(self) -> None:
+        self._producer.flush(5)

@@ -1,0 +1,157 @@
+"""Bring one store partition of a newly assigned task to this instance.
+
+Steps: look up where the state lives, plan a strategy, claim (fence) the
+local partition, move the state (handoff / stop-and-copy / progressive /
+replay), apply the changelog tail beyond the moved stamp, publish the new
+location. The result is a :class:`~keyshift.state.table.Table` ready for
+processing and a :class:`MigrationEvent` describing what happened.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from confluent_kafka import Consumer
+
+from keyshift.config import Settings
+from keyshift.errors import StateError
+from keyshift.migrations.events import MigrationEvent, now_ms
+from keyshift.migrations.locations import Location, LocationsView
+from keyshift.migrations.planner import Plan, plan
+from keyshift.migrations.replay import replay_changelog
+from keyshift.migrations.transfer import ProgressiveCopy, stop_and_copy
+from keyshift.state.base import Store
+from keyshift.state.redis.store import RedisStore, redact
+from keyshift.state.table import Table
+
+log = logging.getLogger("keyshift.migrations.restore")
+
+
+@dataclass
+class Restored:
+    table: Table
+    event: MigrationEvent
+    copy: ProgressiveCopy | None
+
+
+class Restorer:
+    """Plans and runs the migration of store partitions to this instance."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        local: Store,
+        locations: LocationsView,
+        restore_consumer: Callable[[], Consumer],
+        instance: str,
+        changelog_topic: Callable[[str], str],
+    ) -> None:
+        self.settings = settings
+        self.local = local
+        self.locations = locations
+        self.restore_consumer = restore_consumer
+        self.instance = instance
+        self.changelog_topic = changelog_topic
+        scheme = settings.state.split("://", 1)[0]
+        # memory:// state is private to a process: never "the same place" as another's.
+        self.local_url = (
+            f"memory://{instance}" if scheme == "memory" else redact(settings.state)
+        )
+        self._peers = {redact(u): u for u in (*settings.peers, settings.state)}
+        self._sources: dict[str, RedisStore] = {}
+
+    # -- source resolution --------------------------------------------------------
+    def resolve(self, url: str) -> str | None:
+        """A connectable URL for a published (secret-free) one, from local config only."""
+        if url in self._peers:
+            return self._peers[url]
+        if "***" in url or url.startswith("memory://"):
+            return None
+        return url
+
+    def _source(self, url: str) -> RedisStore:
+        store = self._sources.get(url)
+        if store is None:
+            store = RedisStore(url, timeout_s=5.0)
+            self._sources[url] = store
+        return store
+
+    def reachable(self, url: str) -> bool:
+        try:
+            self._source(url).ping()
+        except StateError as exc:
+            log.info("migration source unreachable", extra={"url": redact(url), "error": str(exc)})
+            return False
+        return True
+
+    # -- restore ------------------------------------------------------------------
+    def open(self, store: str, partition: int) -> Restored:
+        assigned = now_ms()
+        app = self.settings.app_id
+        location = self.locations.get(store, partition)
+        decision: Plan = plan(location, self.local_url, self.settings.migration,
+                              self.resolve, self.reachable)
+        local = self.local.partition(app, store, partition)
+        epoch = local.claim(self.instance, 0 if location is None else location.epoch + 1)
+        if decision.clear_local:
+            local.clear_data()
+        event = MigrationEvent(
+            app=app, store=store, partition=partition, strategy=decision.strategy,
+            reason=decision.reason,
+            from_instance=None if location is None else location.instance,
+            from_url=None if location is None else location.url,
+            to_instance=self.instance, to_url=self.local_url, assigned_ms=assigned,
+        )
+        copy: ProgressiveCopy | None = None
+        what = f"{store}[{partition}]"
+        if decision.strategy == "stop-and-copy":
+            assert decision.source_url is not None
+            source = self._source(decision.source_url).partition(app, store, partition)
+            stamp, stats = stop_and_copy(source, local, epoch, self.instance, what=what)
+            event.keys, event.bytes = stats.keys, stats.bytes
+        elif decision.strategy == "progressive":
+            assert decision.source_url is not None
+            source = self._source(decision.source_url).partition(app, store, partition)
+            copy, stamp = ProgressiveCopy.begin(source, local, epoch, self.instance,
+                                                resume=decision.resume, what=what)
+        else:
+            stamp = local.read_stamp()
+        if stamp is not None:
+            event.previous_commit_ms = stamp.ts_ms
+        result = replay_changelog(self.restore_consumer(), self.changelog_topic(store),
+                                  partition, local, stamp, epoch)
+        event.tail_records = result.records
+        if result.stamp is not None:
+            event.previous_commit_ms = max(event.previous_commit_ms, result.stamp.ts_ms)
+        table = Table(local, max_entries=self.settings.cache_max_entries)
+        table.adopt(result.stamp, epoch)
+        table.source = copy
+        self.locations.publish(Location(
+            store, partition, self.instance, self.local_url, epoch,
+            complete=copy is None,
+            source=None if copy is None or decision.source_url is None
+            else redact(decision.source_url),
+        ))
+        if copy is None:
+            event.finish()
+        log.info("task state ready", extra={"task": what, "strategy": decision.strategy,
+                                             "reason": decision.reason,
+                                             "tail_records": result.records})
+        return Restored(table, event, copy)
+
+    def copy_finished(self, store: str, partition: int, restored: Restored) -> None:
+        """Record that a progressive copy completed."""
+        assert restored.copy is not None
+        restored.event.keys = restored.copy.stats.keys
+        restored.event.bytes = restored.copy.stats.bytes
+        restored.event.fetched_on_demand = restored.copy.fetched
+        restored.event.finish()
+        restored.table.source = None
+        self.locations.publish(Location(store, partition, self.instance, self.local_url,
+                                        restored.table.epoch))
+
+    def close(self) -> None:
+        for source in self._sources.values():
+            source.close()

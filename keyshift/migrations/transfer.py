@@ -1,0 +1,115 @@
+"""Direct Redis-to-Redis state transfer: stop-and-copy and progressive.
+
+Both start by *fencing* the source: claiming it bumps the owner epoch stored
+next to the data there, so a zombie old owner's next write fails. The source
+copy is deleted (data and stamp; the epoch stays as a fence) once the target
+holds everything.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from keyshift.state.base import Stamp, StorePartition
+
+log = logging.getLogger("keyshift.migrations.transfer")
+
+BATCH = 1000
+
+
+@dataclass
+class TransferStats:
+    keys: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+
+
+def _size(items: Sequence[tuple[bytes, bytes]]) -> int:
+    return sum(len(k) + len(v) for k, v in items)
+
+
+def stop_and_copy(
+    source: StorePartition, target: StorePartition, epoch: int, owner: str, *, what: str = ""
+) -> tuple[Stamp | None, TransferStats]:
+    """Copy every key of ``source`` to ``target``; returns the copied stamp."""
+    started = time.monotonic()
+    source.claim(owner, epoch)
+    stamp = source.read_stamp()
+    target.clear_data()
+    stats = TransferStats()
+    last_log = started
+    for batch in source.scan(BATCH):
+        target.copy_missing(batch, epoch)
+        stats.keys += len(batch)
+        stats.bytes += _size(batch)
+        if time.monotonic() - last_log >= 1.0:
+            last_log = time.monotonic()
+            log.info("copying state", extra={"task": what, "keys": stats.keys})
+    if stamp is not None:
+        target.commit({}, replace(stamp, epoch=epoch), epoch)
+    source.clear_data()
+    stats.seconds = time.monotonic() - started
+    return stamp, stats
+
+
+class ProgressiveCopy:
+    """Resume processing at once; fetch keys on demand; copy the rest in steps."""
+
+    def __init__(self, source: StorePartition, target: StorePartition, epoch: int,
+                 *, what: str = "") -> None:
+        self.source = source
+        self.target = target
+        self.epoch = epoch
+        self.what = what
+        self.stats = TransferStats()
+        self.fetched = 0
+        self.done = False
+        self._batches = source.scan(BATCH)
+        self._started = time.monotonic()
+        self._last_log = self._started
+
+    @classmethod
+    def begin(cls, source: StorePartition, target: StorePartition, epoch: int, owner: str,
+              *, resume: bool, what: str = "") -> tuple[ProgressiveCopy, Stamp | None]:
+        """Fence the source and give the target the source's stamp (not its data).
+
+        When ``resume`` is set the target already holds newer values from an
+        interrupted copy; they are kept (the copy never overwrites).
+        """
+        source.claim(owner, epoch)
+        if resume:
+            return cls(source, target, epoch, what=what), target.read_stamp()
+        stamp = source.read_stamp()
+        target.clear_data()
+        if stamp is not None:
+            target.commit({}, replace(stamp, epoch=epoch), epoch)
+        return cls(source, target, epoch, what=what), stamp
+
+    def fetch(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        """Values of keys not yet local, from the source, in one round trip."""
+        if self.done or not keys:
+            return [None] * len(keys)
+        self.fetched += len(keys)
+        return self.source.get_many(keys)
+
+    def step(self) -> bool:
+        """Copy one batch; returns True once everything is local."""
+        if self.done:
+            return True
+        batch = next(self._batches, None)
+        if batch is None:
+            self.source.clear_data()
+            self.done = True
+            self.stats.seconds = time.monotonic() - self._started
+            return True
+        self.target.copy_missing(batch, self.epoch)
+        self.stats.keys += len(batch)
+        self.stats.bytes += _size(batch)
+        now = time.monotonic()
+        if now - self._last_log >= 1.0:
+            self._last_log = now
+            log.info("background state copy", extra={"task": self.what, "keys": self.stats.keys})
+        return False
