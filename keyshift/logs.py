@@ -23,7 +23,8 @@ class KeyValueFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         ts = time.strftime("%H:%M:%S", time.localtime(record.created))
         extras = " ".join(f"{k}={v}" for k, v in fields(record).items())
-        line = f"{ts}.{int(record.msecs):03d} {record.levelname:<7} {record.name}: {record.getMessage()}"
+        head = f"{ts}.{int(record.msecs):03d} {record.levelname:<7} {record.name}"
+        line = f"{head}: {record.getMessage()}"
         if extras:
             line += " " + extras
         if record.exc_info:

@@ -84,7 +84,10 @@ def read_topic(
     return out
 
 
-def final_counts(records: list[tuple[bytes | None, bytes | None, dict[str, bytes]]]) -> dict[str, int]:
+Rows = list[tuple[bytes | None, bytes | None, dict[str, bytes]]]
+
+
+def final_counts(records: Rows) -> dict[str, int]:
     final: dict[str, int] = {}
     for key, value, _ in records:
         assert key is not None and value is not None

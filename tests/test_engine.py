@@ -81,7 +81,9 @@ def test_kill9_worker_mid_stream(guarantee, brokers, admin, unique, tmp_path: Pa
     data = sentences(20000)
     ref = write_app(tmp_path, "crashapp", app_id, source, sink, guarantee)
     sup = spawn(keyshift_cmd("run", ref, "--instances", "2"), tmp_path, tmp_path / "run.log")
-    producer = threading.Thread(target=produce_json, args=(brokers, source, data), kwargs={"rate": 2500})
+    producer = threading.Thread(
+        target=produce_json, args=(brokers, source, data), kwargs={"rate": 2500}
+    )
     try:
         assert wait_for(lambda: len(children(sup.pid)) == 2, 30)
         time.sleep(4)  # let both workers join and process
@@ -110,7 +112,9 @@ def test_scale_out_and_in_mid_stream(brokers, admin, unique, tmp_path: Path):
     ref = write_app(tmp_path, "rebalapp", app_id, source, sink, "at_least_once")
     log = tmp_path / "workers.log"
     first = spawn(keyshift_cmd("worker", ref, "--instance-id", "w0"), tmp_path, log)
-    producer = threading.Thread(target=produce_json, args=(brokers, source, data), kwargs={"rate": 2000})
+    producer = threading.Thread(
+        target=produce_json, args=(brokers, source, data), kwargs={"rate": 2000}
+    )
     others = []
     try:
         time.sleep(4)

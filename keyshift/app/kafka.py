@@ -15,7 +15,11 @@ from keyshift.operators.topology import Topology
 
 log = logging.getLogger("keyshift.kafka")
 
-_CONSUMER_ONLY_CLASSIC = ("partition.assignment.strategy", "session.timeout.ms", "heartbeat.interval.ms")
+_CONSUMER_ONLY_CLASSIC = (
+    "partition.assignment.strategy",
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+)
 
 
 def producer_config(settings: Settings, transactional_id: str | None) -> dict[str, object]:
@@ -123,7 +127,9 @@ class TopicManager:
             ) from exc
         return {name: len(t.partitions) for name, t in meta.topics.items() if not t.error}
 
-    def plan(self, topology: Topology, existing: dict[str, int]) -> tuple[dict[int, int], list[TopicSpec]]:
+    def plan(
+        self, topology: Topology, existing: dict[str, int]
+    ) -> tuple[dict[int, int], list[TopicSpec]]:
         """Partition count of every sub-topology, and the topics that must exist."""
         counts: dict[int, int] = {}
         wanted: list[TopicSpec] = []

@@ -413,9 +413,9 @@ class Worker:
     def _drop(self, topic: str, partition: int) -> None:
         self.tasks.pop((topic, partition), None)
         for restored in self._restored.pop((topic, partition), []):
-            if self._events is not None and not restored.event.emitted:
-                if restored.event.duration_ms is not None:
-                    self._events.emit(restored.event)
+            event = restored.event
+            if self._events is not None and not event.emitted and event.duration_ms is not None:
+                self._events.emit(event)
 
     def _migration_tick(self, budget_s: float = 0.02) -> None:
         """Advance background copies (bounded time) and emit finished migrations."""
@@ -423,9 +423,10 @@ class Worker:
         deadline = time.monotonic() + budget_s
         for (topic, partition), items in list(self._restored.items()):
             for item in items:
-                if item.copy is not None and not item.copy.done:
-                    if time.monotonic() < deadline and item.copy.step():
-                        self._restorer.copy_finished(item.event.store, partition, item)
+                copy = item.copy
+                due = copy is not None and not copy.done and time.monotonic() < deadline
+                if due and copy is not None and copy.step():
+                    self._restorer.copy_finished(item.event.store, partition, item)
                 if item.event.ready():
                     self._events.emit(item.event)
             if all(i.event.emitted for i in items):
@@ -441,9 +442,8 @@ class Worker:
                 task = self._open_task(tp.topic, tp.partition)
                 self.tasks[(tp.topic, tp.partition)] = task
                 start = task.start_offset()
-                assign.append(
-                    TopicPartition(tp.topic, tp.partition, OFFSET_STORED if start is None else start)
-                )
+                offset = OFFSET_STORED if start is None else start
+                assign.append(TopicPartition(tp.topic, tp.partition, offset))
         except KeyshiftError:
             self._failed = True
             log.exception("restoring assigned tasks failed")

@@ -35,7 +35,9 @@ def worker_options(fn: F) -> F:
                 help="Consumer group protocol [env KEYSHIFT_GROUP_PROTOCOL].",
             ),
             click.option(
-                "--commit-interval-ms", type=int, help="Commit interval [env KEYSHIFT_COMMIT_INTERVAL_MS]."
+                "--commit-interval-ms",
+                type=int,
+                help="Commit interval [env KEYSHIFT_COMMIT_INTERVAL_MS].",
             ),
             click.option("--log-level", default="INFO", show_default=True, help="Log level."),
             click.option("--log-json", is_flag=True, help="Log as JSON lines."),

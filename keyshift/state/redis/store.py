@@ -14,7 +14,7 @@ and the last one writes the stamp.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl, urlsplit
 
 import redis
@@ -90,13 +90,13 @@ class RedisPartition:
         return int(self._claim_script(keys=[self.meta_key], args=[owner, minimum]))
 
     def read_stamp(self) -> Stamp | None:
-        raw = self._r.hget(self.meta_key, "stamp")
+        raw = cast("bytes | None", self._r.hget(self.meta_key, "stamp"))
         return None if raw is None else Stamp.decode(raw)
 
     def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
         if not keys:
             return []
-        return list(self._r.hmget(self.data_key, list(keys)))
+        return cast("list[bytes | None]", self._r.hmget(self.data_key, list(keys)))
 
     def commit(self, changes: Mapping[bytes, bytes | None], stamp: Stamp, epoch: int) -> None:
         sets = [(k, v) for k, v in changes.items() if v is not None]
@@ -152,7 +152,7 @@ class RedisPartition:
         while True:
             cursor, chunk = self._r.hscan(self.data_key, cursor, count=batch)
             if chunk:
-                yield list(chunk.items())
+                yield list(cast("dict[bytes, bytes]", chunk).items())
             if cursor == 0:
                 return
 
