@@ -2,16 +2,21 @@
 
 Run one instance:   keyshift worker examples.wordcount:app
 Run two:            keyshift run examples.wordcount:app --instances 2
+
+Topic and app names can be changed with WORDCOUNT_APP / WORDCOUNT_SOURCE /
+WORDCOUNT_SINK (the demo uses fresh names on every run).
 """
+
+import os
 
 from keyshift import App
 
-app = App("wordcount")
+app = App(os.environ.get("WORDCOUNT_APP", "wordcount"))
 
 (
-    app.stream("sentences")
+    app.stream(os.environ.get("WORDCOUNT_SOURCE", "sentences"))
     .flat_map(lambda sentence: sentence.split())
     .key_by(lambda word: word)
     .count(store="counts")
-    .to("word-counts")
+    .to(os.environ.get("WORDCOUNT_SINK", "word-counts"))
 )

@@ -51,6 +51,17 @@ def _positive_int(setting: str, value: Any) -> int:
     return number
 
 
+def _bool(setting: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(setting, f"{value!r} is not a boolean (true/false)")
+
+
 def kafka_overrides_from_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """librdkafka settings given as ``KEYSHIFT_KAFKA_<NAME>`` env vars."""
     env = os.environ if environ is None else environ
@@ -78,6 +89,10 @@ class Settings:
         batch_size: most records taken from Kafka per poll (env ``KEYSHIFT_BATCH_SIZE``).
         instance_id: stable id of this instance; enables static group membership
             (env ``KEYSHIFT_INSTANCE_ID``).
+        static_membership: use ``instance_id`` as ``group.instance.id`` (KIP-345), so a
+            restart within the session timeout moves nothing. librdkafka's static
+            members never leave the group on close, so a permanent scale-in then
+            waits for the session timeout (env ``KEYSHIFT_STATIC_MEMBERSHIP``).
         group_protocol: ``classic`` (cooperative-sticky) or ``consumer`` (KIP-848)
             (env ``KEYSHIFT_GROUP_PROTOCOL``).
         on_error: ``dlq`` sends bad records to ``<app>-dlq``; ``raise`` stops the worker
@@ -98,6 +113,7 @@ class Settings:
     commit_interval_ms: int = 1000
     batch_size: int = 5000
     instance_id: str | None = None
+    static_membership: bool = True
     group_protocol: GroupProtocol = "classic"
     on_error: OnError = "dlq"
     migration: Migration = "auto"
@@ -146,6 +162,7 @@ class Settings:
             ),
             batch_size=_positive_int("batch_size", pick("batch_size", 5000)),
             instance_id=None if instance_id is None else str(instance_id),
+            static_membership=_bool("static_membership", pick("static_membership", True)),
             group_protocol=_choice(  # type: ignore[arg-type]
                 "group_protocol", pick("group_protocol", "classic"), GroupProtocol
             ),

@@ -3,7 +3,8 @@
 ``keyshift run`` starts it; ``keyshift scale`` changes its instance count live
 by writing the wanted count next to the run file and sending SIGHUP. Slot ``i``
 runs ``keyshift worker`` with ``--instance-id <app>-<i>`` (static membership)
-and the ``i``-th ``--state`` URL when several are given.
+and the ``i``-th ``--state`` URL when several are given. Supervised workers use
+dynamic group membership so that scale-in hands their tasks over at once.
 """
 
 from __future__ import annotations
@@ -120,8 +121,10 @@ class Supervisor:
 
     # -- processes ---------------------------------------------------------------
     def _command(self, slot: Slot) -> list[str]:
+        # Dynamic membership: a retired (scaled-in) worker must leave the group at
+        # once; librdkafka's static members only expire after the session timeout.
         cmd = [sys.executable, "-m", "keyshift", "worker", self.app_ref,
-               "--instance-id", slot.instance_id]
+               "--instance-id", slot.instance_id, "--no-static-membership"]
         if slot.state:
             cmd += ["--state", slot.state]
         return cmd + self.worker_args

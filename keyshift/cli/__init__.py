@@ -7,6 +7,7 @@ import click
 from keyshift._version import __version__
 from keyshift.cli.dev import dev
 from keyshift.cli.run import run, scale
+from keyshift.cli.status import status
 from keyshift.cli.topics import topics
 from keyshift.cli.worker import worker
 
@@ -22,3 +23,4 @@ main.add_command(worker)
 main.add_command(run)
 main.add_command(scale)
 main.add_command(topics)
+main.add_command(status)

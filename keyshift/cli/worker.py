@@ -51,10 +51,16 @@ def worker_options(fn: F) -> F:
 @APP_ARG
 @click.option("--instance-id", help="Stable instance id (static group membership).")
 @click.option("--state", help="State URL [env KEYSHIFT_STATE].")
+@click.option(
+    "--static-membership/--no-static-membership",
+    default=None,
+    help="Use --instance-id as group.instance.id [default: yes; env KEYSHIFT_STATIC_MEMBERSHIP].",
+)
 @worker_options
 def worker(
     app_ref: str,
     instance_id: str | None,
+    static_membership: bool | None,
     brokers: str | None,
     state: str | None,
     guarantee: str | None,
@@ -72,8 +78,13 @@ def worker(
     try:
         app = load_app(app_ref)
         app.configure(
-            instance_id=instance_id, brokers=brokers, state=state, guarantee=guarantee,
-            group_protocol=group_protocol, commit_interval_ms=commit_interval_ms,
+            instance_id=instance_id,
+            static_membership=static_membership,
+            brokers=brokers,
+            state=state,
+            guarantee=guarantee,
+            group_protocol=group_protocol,
+            commit_interval_ms=commit_interval_ms,
         )
         runner = app.worker()
 

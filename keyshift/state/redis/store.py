@@ -187,6 +187,13 @@ class RedisStore:
         except redis.RedisError as exc:
             raise StateError(f"cannot reach Redis at {redact(self.url)}: {exc}") from exc
 
+    def usage(self, data_key: str) -> dict[str, int]:
+        """Keys and approximate bytes held under one partition's data key."""
+        return {
+            "keys": int(self._r.hlen(data_key)),
+            "bytes": int(self._r.memory_usage(data_key) or 0),
+        }
+
     def partition(self, app_id: str, store: str, partition: int) -> RedisPartition:
         return RedisPartition(self._r, self._scripts, app_id, store, partition)
 
