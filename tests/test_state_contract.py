@@ -385,3 +385,87 @@ def test_open_store_schemes() -> None:
     r = open_store("redis://127.0.0.1:1/0")
     assert isinstance(r, RedisStore)
     r.close()
+
+
+# -- contract: ownership, copy_missing, clear_data ----------------------------------------
+
+
+def test_claim_with_minimum(open_partition: Callable[..., StorePartition]) -> None:
+    part = open_partition()
+    assert part.owner_epoch() == 0
+    assert part.claim("a", 5) == 5  # max(0 + 1, 5)
+    assert part.owner_epoch() == 5
+    assert part.claim("b", 3) == 6  # max(5 + 1, 3)
+    assert part.claim("c", 6) == 7  # max(6 + 1, 6)
+    assert part.claim("d", 0) == 8
+    assert part.claim("e", 100) == 100
+    assert part.owner_epoch() == 100
+
+
+def test_owner_epoch_is_not_the_stamp_epoch(
+    open_partition: Callable[..., StorePartition],
+) -> None:
+    part = open_partition()
+    epoch = part.claim("me")
+    part.commit({b"a": b"1"}, stamp(1, epoch + 10), epoch + 10)
+    assert part.owner_epoch() == epoch  # only claim() raises it
+
+
+def test_copy_missing_sets_only_absent_keys(
+    open_partition: Callable[..., StorePartition],
+) -> None:
+    part = open_partition()
+    epoch = part.claim("me")
+    part.commit({b"a": b"local", b"b": b"local"}, stamp(1, epoch), epoch)
+    added = part.copy_missing([(b"a", b"remote"), (b"c", b"remote"), (b"d", b"remote")], epoch)
+    assert added == 2
+    assert part.get_many([b"a", b"b", b"c", b"d"]) == [b"local", b"local", b"remote", b"remote"]
+    assert part.read_stamp() == stamp(1, epoch)  # the stamp is untouched
+    assert part.copy_missing([(b"c", b"again")], epoch + 1) == 0  # newer epoch ok
+    assert part.get_many([b"c"]) == [b"remote"]
+    assert part.copy_missing([], epoch) == 0
+
+
+def test_copy_missing_large(open_partition: Callable[..., StorePartition]) -> None:
+    part = open_partition()
+    epoch = part.claim("me")
+    part.commit({b"k0": b"local"}, stamp(1, epoch), epoch)
+    items = [(f"k{i}".encode(), b"r") for i in range(2 * CHUNK + 7)]
+    assert part.copy_missing(items, epoch) == 2 * CHUNK + 6
+    assert part.key_count() == 2 * CHUNK + 7
+    assert part.get_many([b"k0", b"k1"]) == [b"local", b"r"]
+
+
+def test_copy_missing_is_fenced(open_partition: Callable[..., StorePartition]) -> None:
+    part = open_partition()
+    old = part.claim("old")
+    part.commit({b"a": b"1"}, stamp(1, old), old)
+    part.claim("new")
+    with pytest.raises(FencedError):
+        part.copy_missing([(b"b", b"zombie"), (b"c", b"zombie")], old)
+    assert part.get_many([b"b", b"c"]) == [None, None]
+    assert part.key_count() == 1
+
+
+def test_clear_data_keeps_epoch(open_partition: Callable[..., StorePartition]) -> None:
+    part = open_partition()
+    part.claim("a")
+    epoch = part.claim("b")
+    part.commit({b"a": b"1", b"b": b"2"}, stamp(4, epoch), epoch)
+    part.clear_data()
+    assert part.read_stamp() is None
+    assert part.key_count() == 0
+    assert part.get_many([b"a", b"b"]) == [None, None]
+    assert list(part.scan()) == []
+    assert part.owner_epoch() == epoch  # the fence stays
+    with pytest.raises(FencedError):
+        part.commit({b"z": b"1"}, stamp(5, epoch - 1), epoch - 1)
+    assert part.claim("c") == epoch + 1
+    part.commit({b"z": b"1"}, stamp(5, epoch + 1), epoch + 1)
+    assert part.get_many([b"z"]) == [b"1"]
+
+
+def test_clear_data_on_fresh_partition(open_partition: Callable[..., StorePartition]) -> None:
+    part = open_partition()
+    part.clear_data()
+    assert part.read_stamp() is None and part.owner_epoch() == 0

@@ -1,0 +1,254 @@
+"""Unit tests of the migration planner, the Location record and MigrationEvent."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from keyshift.migrations.events import MigrationEvent, now_ms
+from keyshift.migrations.locations import Location
+from keyshift.migrations.planner import Plan, plan
+
+pytestmark = pytest.mark.unit
+
+LOCAL = "redis://local:6379/0"
+REMOTE = "redis://remote:6379/0"
+REMOTE_CONNECT = "redis://:secret@remote:6379/0"
+MODES = ["auto", "progressive", "stop-and-copy", "replay"]
+
+
+def loc(url: str = REMOTE, *, complete: bool = True, source: str | None = None,
+        epoch: int = 3) -> Location:
+    return Location("counts", 2, "other-instance", url, epoch, complete, source)
+
+
+class Resolver:
+    """A resolve() that maps known URLs and records what it was asked."""
+
+    def __init__(self, known: dict[str, str]) -> None:
+        self.known = known
+        self.asked: list[str] = []
+
+    def __call__(self, url: str) -> str | None:
+        self.asked.append(url)
+        return self.known.get(url)
+
+
+def reach(*urls: str) -> Callable[[str], bool]:
+    return lambda url: url in urls
+
+
+def never(url: str) -> Any:
+    raise AssertionError(f"must not be called ({url})")
+
+
+def check(result: Plan, strategy: str, source_url: str | None = None, *,
+          resume: bool = False, clear_local: bool = False) -> None:
+    assert result.strategy == strategy
+    assert result.source_url == source_url
+    assert result.resume is resume
+    assert result.clear_local is clear_local
+    assert result.reason.strip()
+
+
+# -- plan -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_no_location_replays(mode: str) -> None:
+    check(plan(None, LOCAL, mode, never, never), "replay")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_same_url_complete_is_handoff(mode: str) -> None:
+    # Even a forced mode uses handoff when the state is already local.
+    check(plan(loc(LOCAL), LOCAL, mode, never, never), "handoff")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_same_url_incomplete_resumes_progressive_copy(mode: str) -> None:
+    resolve = Resolver({REMOTE: REMOTE_CONNECT})
+    result = plan(loc(LOCAL, complete=False, source=REMOTE), LOCAL, mode, resolve,
+                  reach(REMOTE_CONNECT))
+    check(result, "progressive", REMOTE_CONNECT, resume=True)
+    assert resolve.asked == [REMOTE]
+
+
+def test_same_url_incomplete_source_unresolvable_replays_clearing_local() -> None:
+    result = plan(loc(LOCAL, complete=False, source=REMOTE), LOCAL, "auto", Resolver({}),
+                  never)
+    check(result, "replay", clear_local=True)
+
+
+def test_same_url_incomplete_source_unreachable_replays_clearing_local() -> None:
+    result = plan(loc(LOCAL, complete=False, source=REMOTE), LOCAL, "auto",
+                  Resolver({REMOTE: REMOTE_CONNECT}), reach())
+    check(result, "replay", clear_local=True)
+
+
+@pytest.mark.parametrize("source", [None, ""])
+def test_same_url_incomplete_without_source_replays_clearing_local(source: str | None) -> None:
+    result = plan(loc(LOCAL, complete=False, source=source), LOCAL, "auto", never, never)
+    check(result, "replay", clear_local=True)
+
+
+def test_forced_replay() -> None:
+    check(plan(loc(), LOCAL, "replay", never, never), "replay")
+    assert "replay" in plan(loc(), LOCAL, "replay", never, never).reason
+
+
+@pytest.mark.parametrize("mode", ["auto", "progressive", "stop-and-copy"])
+def test_unresolvable_source_replays(mode: str) -> None:
+    resolve = Resolver({})
+    result = plan(loc(), LOCAL, mode, resolve, never)
+    check(result, "replay")
+    assert REMOTE in result.reason
+    assert resolve.asked == [REMOTE]
+
+
+@pytest.mark.parametrize("mode", ["auto", "progressive", "stop-and-copy"])
+def test_unreachable_source_replays(mode: str) -> None:
+    asked: list[str] = []
+
+    def reachable(url: str) -> bool:
+        asked.append(url)
+        return False
+
+    result = plan(loc(), LOCAL, mode, Resolver({REMOTE: REMOTE_CONNECT}), reachable)
+    check(result, "replay")
+    assert asked == [REMOTE_CONNECT]  # the connectable URL is probed
+    assert "secret" not in result.reason
+
+
+@pytest.mark.parametrize("mode", ["auto", "progressive", "stop-and-copy"])
+def test_incomplete_source_replays(mode: str) -> None:
+    result = plan(loc(complete=False, source="redis://third:6379/0"), LOCAL, mode,
+                  Resolver({REMOTE: REMOTE_CONNECT}), reach(REMOTE_CONNECT))
+    check(result, "replay")
+
+
+def test_forced_stop_and_copy() -> None:
+    result = plan(loc(), LOCAL, "stop-and-copy", Resolver({REMOTE: REMOTE_CONNECT}),
+                  reach(REMOTE_CONNECT))
+    check(result, "stop-and-copy", REMOTE_CONNECT)
+
+
+@pytest.mark.parametrize("mode", ["auto", "progressive"])
+def test_auto_and_progressive_copy_progressively(mode: str) -> None:
+    result = plan(loc(), LOCAL, mode, Resolver({REMOTE: REMOTE_CONNECT}),
+                  reach(REMOTE_CONNECT))
+    check(result, "progressive", REMOTE_CONNECT)
+    assert "secret" not in result.reason
+
+
+def test_plan_defaults() -> None:
+    assert Plan("replay") == Plan("replay", None, False, False, "")
+
+
+# -- Location ------------------------------------------------------------------------
+
+
+def test_location_round_trip() -> None:
+    value = Location("counts", 7, "inst-1", REMOTE, 42, False, "redis://src:1/0", 1234)
+    assert Location.decode(value.encode()) == value
+    assert value.key() == b"counts:7"
+    raw = orjson.loads(value.encode())
+    assert raw["complete"] is False and raw["source"] == "redis://src:1/0"
+
+
+def test_location_defaults_round_trip() -> None:
+    value = Location("s", 0, "i", "memory://i", 1)
+    decoded = Location.decode(value.encode())
+    assert decoded == value
+    assert decoded.complete is True and decoded.source is None and decoded.updated_ms == 0
+
+
+@given(
+    st.text(max_size=20), st.integers(0, 2**31 - 1), st.text(max_size=20),
+    st.text(max_size=40), st.integers(0, 2**62), st.booleans(),
+    st.none() | st.text(max_size=40), st.integers(0, 2**62),
+)
+def test_location_round_trip_property(store: str, partition: int, instance: str, url: str,
+                                      epoch: int, complete: bool, source: str | None,
+                                      updated: int) -> None:
+    value = Location(store, partition, instance, url, epoch, complete, source, updated)
+    assert Location.decode(value.encode()) == value
+
+
+# -- MigrationEvent ------------------------------------------------------------------
+
+
+def event(**kw: object) -> MigrationEvent:
+    base: dict[str, object] = dict(
+        app="app", store="counts", partition=3, strategy="progressive", reason="r",
+        from_instance="a", from_url=REMOTE, to_instance="b", to_url=LOCAL,
+        assigned_ms=now_ms(),
+    )
+    base.update(kw)
+    return MigrationEvent(**base)  # type: ignore[arg-type]
+
+
+def test_record_first_computes_pause_once() -> None:
+    ev = event(previous_commit_ms=1_000)
+    ev.record_first(1_250)
+    assert ev.first_record_ms == 1_250 and ev.pause_ms == 250
+    ev.record_first(9_999)  # only the first record counts
+    assert ev.first_record_ms == 1_250 and ev.pause_ms == 250
+
+
+def test_record_first_without_previous_commit_has_no_pause() -> None:
+    ev = event()
+    ev.record_first(5_000)
+    assert ev.first_record_ms == 5_000 and ev.pause_ms is None
+
+
+def test_record_first_clock_skew_never_negative() -> None:
+    ev = event(previous_commit_ms=2_000)
+    ev.record_first(1_500)
+    assert ev.pause_ms == 0
+
+
+def test_ready_needs_duration() -> None:
+    ev = event(assigned_ms=now_ms() - 60_000)
+    ev.record_first(now_ms())
+    assert not ev.ready()
+    ev.finish()
+    assert ev.duration_ms is not None and ev.duration_ms >= 60_000
+    assert ev.ready()
+
+
+def test_ready_waits_for_first_record_or_idle_timeout() -> None:
+    ev = event()
+    ev.finish()
+    assert not ev.ready(idle_s=60)  # finished, but no record yet, not idle long enough
+    ev.record_first(now_ms())
+    assert ev.ready(idle_s=60)
+
+    idle = event(assigned_ms=now_ms() - 10_000)
+    idle.finish()
+    assert not idle.ready(idle_s=60)
+    assert idle.ready(idle_s=5)
+
+
+def test_not_ready_once_emitted() -> None:
+    ev = event()
+    ev.finish()
+    ev.record_first(now_ms())
+    ev.emitted = True
+    assert not ev.ready()
+
+
+def test_to_dict() -> None:
+    ev = event(keys=10, bytes=200)
+    ev.finish()
+    doc = ev.to_dict()
+    assert doc["task"] == "counts[3]" == ev.task
+    assert "emitted" not in doc
+    assert doc["keys"] == 10 and doc["bytes"] == 200 and doc["strategy"] == "progressive"
+    assert doc["duration_ms"] == ev.duration_ms
+    orjson.dumps(doc)  # serializable as published
