@@ -308,12 +308,10 @@ def commit_table(table: Table) -> None:
     changes = {**table.take_fills(), **table.take_changes()}
     assert table.stamp is not None
     stamp = replace(table.stamp, input_offset=table.stamp.input_offset + 1)
-    table.backend.commit(changes, stamp, table.epoch)
+    table.write(changes, stamp)
     table.committed(stamp)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a key deleted during a progressive copy is "
-                   "resurrected by the background copy (deletes leave no tombstone)")
 def test_delete_during_progressive_copy_stays_deleted(
     pair: tuple[StorePartition, StorePartition],
 ) -> None:
@@ -328,8 +326,6 @@ def test_delete_during_progressive_copy_stays_deleted(
     assert target.get_many([b"k4"]) == [None]  # fails: b'{"n":4}' copied back
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: after cache eviction a key deleted during a "
-                   "progressive copy is fetched again from the source")
 def test_deleted_key_not_refetched_after_eviction(
     pair: tuple[StorePartition, StorePartition],
 ) -> None:

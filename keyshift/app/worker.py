@@ -323,7 +323,7 @@ class Worker:
             offset = self._marker_offsets.pop((topic, task.partition))
             stamp = replace(task.stamp(table.epoch), changelog_offset=offset + 1, ts_ms=now_ms())
             try:
-                table.backend.commit(changes, stamp, table.epoch)
+                table.write(changes, stamp)
             except FencedError as exc:
                 log.warning(
                     "task fenced: another instance owns it now; dropping it",

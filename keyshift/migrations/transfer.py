@@ -95,6 +95,10 @@ class ProgressiveCopy:
         self.fetched += len(keys)
         return self.source.get_many(keys)
 
+    def forget(self, keys: Sequence[bytes]) -> None:
+        """Keys deleted at the target: delete them at the source so they stay deleted."""
+        self.source.drop_keys(keys)
+
     def step(self) -> bool:
         """Copy one batch; returns True once everything is local."""
         if self.done:

@@ -104,6 +104,10 @@ class StorePartition(Protocol):
         """Delete the data and the stamp, keeping the owner epoch."""
         ...
 
+    def drop_keys(self, keys: Sequence[bytes]) -> None:
+        """Delete keys without fencing (used on a fenced migration source)."""
+        ...
+
     def scan(self, batch: int = 1000) -> Iterator[list[tuple[bytes, bytes]]]:
         """All key/value pairs, in batches."""
         ...

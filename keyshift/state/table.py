@@ -26,6 +26,8 @@ class RemoteSource(Protocol):
 
     def fetch(self, keys: Sequence[bytes]) -> list[bytes | None]: ...
 
+    def forget(self, keys: Sequence[bytes]) -> None: ...
+
 
 def encode_value(value: Any) -> bytes | None:
     return None if value is MISSING or value is None else orjson.dumps(value)
@@ -114,6 +116,19 @@ class Table:
         """Keys fetched from a migration source: written locally, not to the changelog."""
         fills, self._fills = self._fills, {}
         return fills
+
+    def write(self, changes: dict[bytes, bytes | None], stamp: Stamp) -> None:
+        """Commit ``changes`` and ``stamp`` to the backend (fenced by this table's epoch).
+
+        Mid-migration, keys deleted here are first deleted at the source too, so
+        neither the background copy nor an on-demand fetch brings them back.
+        """
+        source = self.source
+        if source is not None and not source.done:
+            deleted = [k for k, v in changes.items() if v is None]
+            if deleted:
+                source.forget(deleted)
+        self.backend.commit(changes, stamp, self.epoch)
 
     def committed(self, stamp: Stamp) -> None:
         """The changes taken are durable; evict the cache if it grew too large."""

@@ -47,6 +47,10 @@ class MemoryPartition:
                 added += 1
         return added
 
+    def drop_keys(self, keys: Sequence[bytes]) -> None:
+        for key in keys:
+            self.data.pop(key, None)
+
     def clear_data(self) -> None:
         self.data.clear()
         self.stamp = None

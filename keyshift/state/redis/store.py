@@ -141,6 +141,10 @@ class RedisPartition:
                 raise self._error(exc) from exc
         return added
 
+    def drop_keys(self, keys: Sequence[bytes]) -> None:
+        for start in range(0, len(keys), CHUNK):
+            self._r.hdel(self.data_key, *keys[start : start + CHUNK])
+
     def clear_data(self) -> None:
         pipe = self._r.pipeline(transaction=True)
         pipe.delete(self.data_key)
