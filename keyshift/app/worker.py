@@ -80,6 +80,7 @@ class Worker:
         self._locations: LocationsView | None = None
         self._events: EventLog | None = None
         self._restored: dict[tuple[str, int], list[Restored]] = {}
+        self._copying = False
         self._store: Store | None = None
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
@@ -155,13 +156,16 @@ class Worker:
         next_commit = time.monotonic() + interval
         batch = self.settings.batch_size
         while self._running:
-            msgs = consumer.consume(batch, 0.1)
+            # While a background copy runs, never idle in consume: copy instead.
+            msgs = consumer.consume(batch, 0.0 if self._copying else 0.1)
             if msgs:
                 started = time.monotonic()
                 self._process(msgs)
                 self.metrics.processing_seconds += time.monotonic() - started
             if self._restored:
                 self._migration_tick()
+            else:
+                self._copying = False
             producer.poll(0)
             now = time.monotonic()
             if now >= next_commit:
@@ -293,7 +297,7 @@ class Worker:
                 for key, value in changes.items():
                     self._produce_changelog(topic, task.partition, key, value)
                 marker_key = (topic, task.partition)
-                stamp = task.stamp(table.epoch)
+                stamp = replace(task.stamp(table.epoch), ts_ms=now_ms())
                 self._produce_changelog(
                     topic, task.partition, MARKER_KEY, stamp.encode(),
                     on_delivery=partial(self._on_marker, marker_key),
@@ -421,23 +425,27 @@ class Worker:
         """Advance background copies (bounded time) and emit finished migrations."""
         assert self._restorer is not None and self._events is not None
         deadline = time.monotonic() + budget_s
+        copying = False
         for (topic, partition), items in list(self._restored.items()):
             for item in items:
                 copy = item.copy
-                due = copy is not None and not copy.done and time.monotonic() < deadline
-                if due and copy is not None and copy.step():
-                    self._restorer.copy_finished(item.event.store, partition, item)
+                while copy is not None and not copy.done and time.monotonic() < deadline:
+                    if copy.step():
+                        self._restorer.copy_finished(item.event.store, partition, item)
+                copying = copying or (copy is not None and not copy.done)
                 if item.event.ready():
                     self._events.emit(item.event)
             if all(i.event.emitted for i in items):
                 del self._restored[(topic, partition)]
+        self._copying = copying
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         started = time.monotonic()
         assign = []
         assert self._locations is not None
         try:
-            self._locations.catch_up()
+            if partitions:
+                self._locations.catch_up()
             for tp in partitions:
                 task = self._open_task(tp.topic, tp.partition)
                 self.tasks[(tp.topic, tp.partition)] = task

@@ -85,6 +85,10 @@ def server_properties(node: KafkaNode, nodes: Sequence[KafkaNode], data_dir: Pat
         ("share.coordinator.state.topic.replication.factor", replicas),
         ("share.coordinator.state.topic.min.isr", min_isr),
         ("group.initial.rebalance.delay.ms", 0),
+        # KIP-848 (group.protocol=consumer): heartbeats drive assignment changes,
+        # so a short interval shortens every migration's pause (default 5 s).
+        ("group.consumer.min.heartbeat.interval.ms", 250),
+        ("group.consumer.heartbeat.interval.ms", 500),
         ("auto.create.topics.enable", "false"),
         ("delete.topic.enable", "true"),
         ("log.retention.hours", 24),

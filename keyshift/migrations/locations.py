@@ -52,28 +52,25 @@ class LocationsView:
         self._consumer.assign([TopicPartition(topic, 0, 0)])
         self._producer = Producer(producer_conf)
         self._locations: dict[bytes, Location] = {}
+        self._next_offset = 0
 
     def catch_up(self, timeout_s: float = 10.0) -> None:
-        """Read the topic to its current end."""
+        """Read the topic up to the end it has now (returns at once when already there)."""
+        tp = TopicPartition(self.topic, 0)
+        _, high = self._consumer.get_watermark_offsets(tp, timeout=timeout_s)
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            at_end = False
-            for msg in self._consumer.consume(1000, 0.2):
+        while self._next_offset < high:
+            if time.monotonic() > deadline:
+                log.warning("state locations not fully read in time", extra={"topic": self.topic})
+                return
+            for msg in self._consumer.consume(1000, 0.05):
                 err = msg.error()
                 if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        at_end = True
-                        continue
-                    raise BrokerError(f"reading {self.topic}: {err}")
+                    if err.code() != KafkaError._PARTITION_EOF:
+                        raise BrokerError(f"reading {self.topic}: {err}")
+                    continue
+                self._next_offset = msg.offset() + 1
                 self._apply(msg.key(), msg.value())
-            if at_end:
-                return
-            _, high = self._consumer.get_watermark_offsets(TopicPartition(self.topic, 0),
-                                                           cached=True)
-            position = self._consumer.position([TopicPartition(self.topic, 0)])[0].offset
-            if high >= 0 and position >= high:
-                return
-        log.warning("state locations not fully read in time", extra={"topic": self.topic})
 
     def _apply(self, key: bytes | None, value: bytes | None) -> None:
         if key is None:

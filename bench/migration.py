@@ -1,0 +1,288 @@
+"""Migration benchmark: pause, latency, duration and keys/s of each strategy.
+
+For each strategy (handoff, stop-and-copy, progressive, replay):
+
+1. build state of ``--keys`` keys (~100 bytes each) with one instance;
+2. run a producer at ``--rate`` records/s (about half of one instance's capacity
+   by default) and step the instance count through ``--steps`` (1,2,4,2,1),
+   ``--step-seconds`` apart, with ``keyshift run`` / ``keyshift scale``;
+3. read the migration events and the end-to-end latency of every output record.
+
+Prints, per strategy: max pause per moved partition, p50/p99 end-to-end latency
+during migrations vs steady state, total migration duration, keys/s moved, and
+whether the final per-key values are exact. Handoff uses one shared Redis; the
+others one Redis per instance (started by this script on free loopback ports).
+
+    python bench/migration.py                      # 1M keys (slow: minutes per strategy)
+    python bench/migration.py --keys 20000 --step-seconds 5   # smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import orjson
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+STRATEGIES = ["handoff", "stop-and-copy", "progressive", "replay"]
+APP = """
+from keyshift import App
+
+app = App({app_id!r})
+(
+    app.stream({source!r})
+    .aggregate(lambda: {{"n": 0, "pad": ""}},
+               lambda acc, v: {{"n": acc["n"] + 1, "pad": v["pad"]}}, store="totals")
+    .map(lambda acc: acc["n"])
+    .to({sink!r})
+)
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_redis(n: int) -> tuple[list[subprocess.Popen[bytes]], list[str]]:
+    procs, urls = [], []
+    for _ in range(n):
+        port = free_port()
+        procs.append(subprocess.Popen(
+            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        urls.append(f"redis://127.0.0.1:{port}/0")
+    time.sleep(0.5)
+    return procs, urls
+
+
+def high_watermarks(brokers: str, topic: str) -> int:
+    c = Consumer({"bootstrap.servers": brokers, "group.id": "bench-hw"})
+    try:
+        meta = c.list_topics(topic, timeout=10).topics.get(topic)
+        if meta is None or meta.error is not None:
+            return 0
+        return sum(c.get_watermark_offsets(TopicPartition(topic, p), 10)[1]
+                   for p in meta.partitions)
+    finally:
+        c.close()
+
+
+def read_all(brokers: str, topic: str) -> list[tuple[bytes | None, bytes | None, int]]:
+    c = Consumer({"bootstrap.servers": brokers, "group.id": f"bench-{uuid.uuid4().hex}",
+                  "enable.partition.eof": True})
+    meta = c.list_topics(topic, timeout=10).topics[topic]
+    c.assign([TopicPartition(topic, p, 0) for p in meta.partitions])
+    pending, out, idle = set(meta.partitions), [], 0
+    while pending and idle < 40:
+        msgs = c.consume(10000, 0.25)
+        idle = 0 if msgs else idle + 1
+        for m in msgs:
+            if m.error():
+                if m.error().code() == KafkaError._PARTITION_EOF:
+                    pending.discard(m.partition())
+                continue
+            out.append((m.key(), m.value(), m.timestamp()[1]))
+    c.close()
+    return out
+
+
+class LatencyProbe(threading.Thread):
+    """Reads the output topic live; latency = receive time - input record timestamp."""
+
+    def __init__(self, brokers: str, topic: str) -> None:
+        super().__init__(daemon=True)
+        self.samples: list[tuple[float, float]] = []
+        self.stop_flag = False
+        self.c = Consumer({"bootstrap.servers": brokers, "group.id": f"probe-{uuid.uuid4().hex}",
+                           "auto.offset.reset": "latest", "fetch.wait.max.ms": 10})
+        self.c.subscribe([topic])
+
+    def run(self) -> None:
+        while not self.stop_flag:
+            for m in self.c.consume(1000, 0.05):
+                if not m.error():
+                    now = time.time() * 1000
+                    self.samples.append((now, now - m.timestamp()[1]))
+        self.c.close()
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def run_strategy(strategy: str, args: argparse.Namespace, urls: list[str], shared: str,
+                 workdir: Path) -> dict[str, object]:
+    brokers = args.brokers
+    rid = uuid.uuid4().hex[:6]
+    app_id, source, sink = f"mig-{rid}", f"mig-src-{rid}", f"mig-out-{rid}"
+    admin = AdminClient({"bootstrap.servers": brokers})
+    admin.create_topics([NewTopic(source, num_partitions=args.partitions)])[source].result(30)
+    module = f"migapp_{rid}"
+    (workdir / f"{module}.py").write_text(APP.format(app_id=app_id, source=source, sink=sink))
+    ref = f"{module}:app"
+    mode = "auto" if strategy in ("handoff", "progressive") else strategy
+    env = dict(os.environ, PYTHONPATH=str(workdir), KEYSHIFT_HOME=str(workdir / "home"),
+               KEYSHIFT_MIGRATION=mode, KEYSHIFT_BROKERS=brokers,
+               KEYSHIFT_GROUP_PROTOCOL=args.group_protocol)
+    states = [shared] if strategy == "handoff" else urls
+    cmd = [sys.executable, "-m", "keyshift", "run", ref, "--instances", str(args.steps[0]),
+           "--log-level", "WARNING"]
+    for url in states:
+        cmd += ["--state", url]
+    pad = "x" * 60
+    expected: dict[str, int] = {}
+    producer = Producer({"bootstrap.servers": brokers, "linger.ms": 20,
+                         "queue.buffering.max.messages": 2_000_000})
+
+    def send(key: str) -> None:
+        while True:
+            try:
+                producer.produce(source, orjson.dumps({"pad": pad}), key.encode())
+                break
+            except BufferError:
+                producer.poll(0.05)
+        expected[key] = expected.get(key, 0) + 1
+
+    log = (workdir / f"{app_id}.log").open("wb")
+    sup = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        # 1. build state
+        for i in range(args.keys):
+            send(f"key-{i:08d}")
+        producer.flush(120)
+        deadline = time.monotonic() + 600
+        while high_watermarks(brokers, sink) < args.keys and time.monotonic() < deadline:
+            time.sleep(1)
+        probe = LatencyProbe(brokers, sink)
+        probe.start()
+        # 2. steady load + scaling steps
+        stop = threading.Event()
+
+        def feed() -> None:
+            rng = random.Random(7)
+            interval = 1.0 / args.rate
+            nxt = time.monotonic()
+            while not stop.is_set():
+                send(f"key-{rng.randrange(args.keys):08d}")
+                producer.poll(0)
+                nxt += interval
+                delay = nxt - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+
+        feeder = threading.Thread(target=feed, daemon=True)
+        feeder.start()
+        time.sleep(args.step_seconds)
+        steady_end = time.time() * 1000
+        scale_times = []
+        for n in args.steps[1:]:
+            scale_times.append(time.time() * 1000)
+            subprocess.run([sys.executable, "-m", "keyshift", "scale", ref, "--instances", str(n)],
+                           cwd=workdir, env=env, check=True, capture_output=True)
+            time.sleep(args.step_seconds)
+        stop.set()
+        feeder.join()
+        producer.flush(60)
+        total = sum(expected.values())
+        deadline = time.monotonic() + 300
+        while high_watermarks(brokers, sink) < total and time.monotonic() < deadline:
+            time.sleep(1)
+        time.sleep(2)
+        probe.stop_flag = True
+        probe.join()
+    finally:
+        sup.send_signal(signal.SIGTERM)
+        sup.wait(180)
+        log.close()
+    final: dict[str, int] = {}
+    for key, value, _ in read_all(brokers, sink):
+        if key is not None and value is not None:
+            final[key.decode()] = orjson.loads(value)
+    events = [orjson.loads(v) for _, v, _ in read_all(brokers, f"{app_id}-events") if v]
+    moved = [e for e in events if e["from_instance"] not in (None, e["to_instance"])
+             and e["assigned_ms"] >= steady_end]
+    windows = [(e["assigned_ms"] - 2000, e["assigned_ms"] + (e["duration_ms"] or 0)
+                + (e["pause_ms"] or 0) + 1000) for e in moved]
+    steady = [lat for t, lat in probe.samples if t < steady_end]
+    during = [lat for t, lat in probe.samples if any(a <= t <= b for a, b in windows)]
+    keys_moved = sum(int(e["keys"]) for e in moved)
+    move_seconds = sum((e["duration_ms"] or 0) for e in moved) / 1000
+    return {
+        "strategy": strategy,
+        "moves": len(moved),
+        "used": sorted({e["strategy"] for e in moved}),
+        "max_pause_ms": max((e["pause_ms"] or 0 for e in moved), default=0),
+        "p50_steady": pct(steady, 0.5), "p99_steady": pct(steady, 0.99),
+        "p50_migr": pct(during, 0.5), "p99_migr": pct(during, 0.99),
+        "duration_s": max((e["duration_ms"] or 0 for e in moved), default=0) / 1000,
+        "keys_per_s": keys_moved / move_seconds if move_seconds else 0.0,
+        "exact": final == expected,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--keys", type=int, default=1_000_000)
+    parser.add_argument("--partitions", type=int, default=12)
+    parser.add_argument("--rate", type=float, default=4000.0, help="records/s during steps")
+    parser.add_argument("--steps", type=lambda s: [int(x) for x in s.split(",")],
+                        default=[1, 2, 4, 2, 1])
+    parser.add_argument("--step-seconds", type=float, default=15.0)
+    parser.add_argument("--strategies", default=",".join(STRATEGIES))
+    parser.add_argument("--group-protocol", choices=["classic", "consumer"], default="classic")
+    parser.add_argument("--brokers", default=os.environ.get("KEYSHIFT_BROKERS", "127.0.0.1:9092"))
+    args = parser.parse_args()
+    procs, urls = start_redis(max(args.steps))
+    shared = urls[0]
+    rows = []
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for strategy in args.strategies.split(","):
+                print(f"running {strategy} ({args.keys} keys, steps {args.steps})...", flush=True)
+                rows.append(run_strategy(strategy, args, urls, shared, Path(tmp)))
+                for proc_url in urls:  # fresh Redis contents for the next strategy
+                    subprocess.run(["redis-cli", "-u", proc_url, "FLUSHALL"],
+                                   capture_output=True, check=False)
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+    head = (f"{'strategy':<14}{'moves':>6}{'max pause ms':>14}{'p50/p99 steady ms':>20}"
+            f"{'p50/p99 migr ms':>18}{'duration s':>12}{'keys/s':>10}{'exact':>7}")
+    print(head)
+    for r in rows:
+        print(f"{r['strategy']:<14}{r['moves']:>6}{r['max_pause_ms']:>14.0f}"
+              f"{r['p50_steady']:>10.0f}/{r['p99_steady']:<9.0f}"
+              f"{r['p50_migr']:>8.0f}/{r['p99_migr']:<9.0f}{r['duration_s']:>12.2f}"
+              f"{r['keys_per_s']:>10.0f}{'yes' if r['exact'] else 'NO':>7}")
+    by = {r["strategy"]: r for r in rows}
+    if "replay" in by:
+        for s in ("progressive", "handoff"):
+            if s in by and by[s]["max_pause_ms"]:
+                ratio = by["replay"]["max_pause_ms"] / max(1.0, by[s]["max_pause_ms"])
+                print(f"replay max pause / {s} max pause = {ratio:.1f}x")
+    for r in rows:
+        if r["p99_steady"] == r["p99_steady"] and r["p99_steady"]:
+            print(f"{r['strategy']}: p99 during migration / steady = "
+                  f"{r['p99_migr'] / r['p99_steady']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
