@@ -41,13 +41,18 @@ def _assert_strictly_increasing(brokers: str, sink: str) -> None:
         assert all(a < b for a, b in zip(seq, seq[1:], strict=False)), (key, seq)
 
 
-@pytest.mark.parametrize("guarantee", GUARANTEES)
-def test_wordcount_end_to_end(guarantee, brokers, admin, redis_client, unique, tmp_path: Path):
+@pytest.mark.parametrize(
+    ("guarantee", "protocol"),
+    [("at_least_once", "classic"), ("exactly_once", "classic"), ("exactly_once", "consumer")],
+)
+def test_wordcount_end_to_end(
+    guarantee, protocol, brokers, admin, redis_client, unique, tmp_path: Path
+):
     app_id, source, sink = unique("wc"), unique("sentences"), unique("counts")
     create_topic(admin, source, 4)
     data = sentences(3000)
     produce_json(brokers, source, data)
-    ref = write_app(tmp_path, "wcapp", app_id, source, sink, guarantee)
+    ref = write_app(tmp_path, "wcapp", app_id, source, sink, guarantee, group_protocol=protocol)
     proc = spawn(keyshift_cmd("worker", ref), tmp_path, tmp_path / "worker.log")
     try:
         expected = expected_counts(data)
