@@ -8,6 +8,7 @@ import pytest
 
 from keyshift.errors import TopologyError
 from keyshift.operators.compile import compile_subtopology
+from keyshift.operators.record import Record
 from keyshift.operators.serdes import get_serde
 from keyshift.operators.stream import MISSING, Stream
 from keyshift.operators.topology import SubTopology, Topology
@@ -27,6 +28,9 @@ class FakeContext:
         self.tables: dict[str, Table] = {}
         self.emitted: list[tuple[str, bytes | None, bytes | None]] = []
         self.repartitioned: list[tuple[str, bytes | None, bytes | None]] = []
+
+    def record(self, key: Any, value: Any) -> Record:
+        return Record(key, value, 1234, [("h", b"v")], "in", 3, self.offset)
 
     def table(self, name: str) -> Table:
         if name not in self.tables:
@@ -406,3 +410,14 @@ def test_validate_key_by_without_downstream_operator() -> None:
 
 def test_dlq_topic() -> None:
     assert Topology("x").dlq_topic == "x-dlq"
+
+
+def test_map_record_sees_the_whole_record() -> None:
+    _, sub, s = make()
+    s.map_record(lambda r: [r.key, r.value, r.timestamp, [[h, v.decode()] for h, v in r.headers],
+                            r.topic, r.partition, r.offset]).to("out")
+    ctx = FakeContext()
+    push = compile_subtopology(sub, ctx)
+    ctx.raw_key, ctx.offset = b"k", 42
+    push("k", {"v": 1})
+    assert ctx.emitted == [("out", b"k", b'["k",{"v":1},1234,[["h","v"]],"in",3,42]')]

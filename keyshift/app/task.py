@@ -10,6 +10,7 @@ from confluent_kafka import Message
 
 from keyshift.errors import ProcessingError, SerializationError
 from keyshift.operators.compile import compile_subtopology
+from keyshift.operators.record import Record
 from keyshift.operators.topology import SubTopology
 from keyshift.state.base import Stamp
 from keyshift.state.changelog import ORIGIN_HEADER
@@ -45,6 +46,7 @@ class Task:
         self.offset = -1
         self.raw_key: bytes | None = None
         self.timestamp = 0
+        self.message: Message | None = None
         self._emitted = 0
         # Progress.
         self.position: int | None = None
@@ -55,6 +57,12 @@ class Task:
         self._push = compile_subtopology(sub, self)
 
     # -- ProcessorContext ------------------------------------------------------
+    def record(self, key: Any, value: Any) -> Record:
+        msg = self.message
+        assert msg is not None
+        return Record(key, value, self.timestamp, msg.headers(), self.topic, self.partition,
+                      self.offset)
+
     def table(self, store: str) -> Table:
         return self.tables[store]
 
@@ -120,6 +128,7 @@ class Task:
             self.offset = offset
             self.raw_key = raw_key
             self.timestamp = msg.timestamp()[1]
+            self.message = msg
             self._emitted = 0
             try:
                 push(key, value)

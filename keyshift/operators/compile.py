@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from keyshift.errors import TopologyError
+from keyshift.operators.record import Record
 from keyshift.operators.topology import Node, SubTopology
 
 Push = Callable[[Any, Any], None]
@@ -33,6 +34,10 @@ class ProcessorContext(Protocol):
 
     offset: int
     raw_key: bytes | None
+
+    def record(self, key: Any, value: Any) -> Record:
+        """The input record being processed, with the given decoded key and value."""
+        ...
 
     def table(self, store: str) -> Table: ...
 
@@ -72,6 +77,12 @@ def _compile(node: Node, sub: SubTopology, ctx: ProcessorContext) -> Push:  # no
 
         def push(key: Any, value: Any) -> None:
             down(key, fn(value))
+
+    elif kind == "map_record":
+        record = ctx.record
+
+        def push(key: Any, value: Any) -> None:
+            down(key, fn(record(key, value)))
 
     elif kind == "filter":
 

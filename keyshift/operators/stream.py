@@ -11,6 +11,7 @@ import copy
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from keyshift.operators.record import Record
 from keyshift.operators.serdes import Serde, get_serde
 from keyshift.operators.topology import Node, SubTopology, Topology
 
@@ -37,6 +38,11 @@ class Stream:
     def map(self, fn: Callable[[Any], Any]) -> Stream:
         """Replace each value with ``fn(value)``."""
         return self._add("map", fn)
+
+    def map_record(self, fn: Callable[[Record], Any]) -> Stream:
+        """Replace each value with ``fn(record)``; the :class:`Record` carries the key,
+        value, timestamp, headers, topic, partition and offset of the input record."""
+        return self._add("map_record", fn)
 
     def filter(self, fn: Callable[[Any], bool]) -> Stream:
         """Keep the records whose value satisfies ``fn``."""
