@@ -192,3 +192,63 @@ def test_zombie_is_fenced(brokers, admin, redis_urls, unique, tmp_path: Path):
         stop(zombie)
     text = log.read_text()
     assert "fenced" in text, text[-4000:]
+
+
+def test_progressive_resumes_before_copy_finishes(brokers, admin, redis_urls, unique,
+                                                  tmp_path: Path):
+    """Processing restarts at once; keys fetched on demand are correct (exact counts)."""
+    if len(redis_urls) < 2:
+        pytest.skip("needs 2 Redis servers")
+    app_id, source, sink = unique("prog"), unique("events"), unique("counts")
+    create_topic(admin, source, 2)
+    keys = [f"user-{i:05d}" for i in range(40000)]
+    (tmp_path / "progapp.py").write_text(
+        "from keyshift import App\n"
+        f"app = App({app_id!r})\n"
+        f"app.stream({source!r}).count(store='counts').to({sink!r})\n"
+    )
+    from confluent_kafka import Producer
+
+    def send(batch: list[str], rate: float = 0.0) -> None:
+        producer = Producer({"bootstrap.servers": brokers, "linger.ms": 5})
+        for key in batch:
+            producer.produce(source, b"1", key.encode())
+            producer.poll(0)
+            if rate:
+                time.sleep(1 / rate)
+        producer.flush(30)
+
+    expected: dict[str, int] = {}
+    for key in keys:
+        expected[key] = expected.get(key, 0) + 1
+    send(keys)
+    env = _env(tmp_path)
+    log = tmp_path / "workers.log"
+    first = _spawn(keyshift_cmd("worker", "progapp:app", "--instance-id", "p0",
+                                "--state", redis_urls[0]), tmp_path, log, env)
+    second = None
+    try:
+        assert wait_for(lambda: _converged(brokers, sink, expected), 120), log.read_text()[-3000:]
+        hot = keys[::10] * 2  # input keeps flowing while the state moves
+        for key in hot:
+            expected[key] += 1
+        feeder = threading.Thread(target=send, args=(hot, 1000))
+        feeder.start()
+        time.sleep(1)
+        second = _spawn(keyshift_cmd("worker", "progapp:app", "--instance-id", "p1",
+                                     "--state", redis_urls[1]), tmp_path, log, env)
+        feeder.join()
+        assert wait_for(lambda: _converged(brokers, sink, expected), 120), log.read_text()[-3000:]
+    finally:
+        for proc in (first, second):
+            if proc is not None:
+                stop(proc)
+    moved = [e for e in _events(brokers, app_id) if e["from_instance"] == "p0"
+             and e["to_instance"] == "p1"]
+    assert len(moved) == 1, moved
+    event = moved[0]
+    assert event["strategy"] == "progressive"
+    assert int(event["keys"]) > 10000  # the background copy moved most of the state
+    assert int(event["fetched_on_demand"]) > 0  # the first batches were served on demand
+    copy_done = int(event["assigned_ms"]) + int(event["duration_ms"])
+    assert int(event["first_record_ms"]) < copy_done  # processing resumed before the copy ended
