@@ -229,6 +229,7 @@ def run_strategy(strategy: str, args: argparse.Namespace, urls: list[str], share
         "moves": len(moved),
         "used": sorted({e["strategy"] for e in moved}),
         "max_pause_ms": max((e["pause_ms"] or 0 for e in moved), default=0),
+        "max_resume_ms": max((e.get("resume_ms") or 0 for e in moved), default=0),
         "p50_steady": pct(steady, 0.5), "p99_steady": pct(steady, 0.99),
         "p50_migr": pct(during, 0.5), "p99_migr": pct(during, 0.99),
         "duration_s": max((e["duration_ms"] or 0 for e in moved), default=0) / 1000,
@@ -264,11 +265,13 @@ def main() -> None:
         for proc in procs:
             proc.kill()
             proc.wait()
-    head = (f"{'strategy':<14}{'moves':>6}{'max pause ms':>14}{'p50/p99 steady ms':>20}"
+    head = (f"{'strategy':<14}{'moves':>6}{'max pause ms':>14}{'beyond rebal.':>14}"
+            f"{'p50/p99 steady ms':>20}"
             f"{'p50/p99 migr ms':>18}{'duration s':>12}{'keys/s':>10}{'exact':>7}")
     print(head)
     for r in rows:
         print(f"{r['strategy']:<14}{r['moves']:>6}{r['max_pause_ms']:>14.0f}"
+              f"{r['max_resume_ms']:>14.0f}"
               f"{r['p50_steady']:>10.0f}/{r['p99_steady']:<9.0f}"
               f"{r['p50_migr']:>8.0f}/{r['p99_migr']:<9.0f}{r['duration_s']:>12.2f}"
               f"{r['keys_per_s']:>10.0f}{'yes' if r['exact'] else 'NO':>7}")

@@ -22,7 +22,9 @@ class MigrationEvent:
     """What one migration did and cost.
 
     ``pause_ms``: last commit of the previous owner -> first record processed
-    here. ``duration_ms``: assignment -> state fully local.
+    here (includes the group rebalance). ``resume_ms``: assignment -> first
+    record processed (the part keyshift adds beyond the rebalance).
+    ``duration_ms``: assignment -> state fully local.
     """
 
     app: str
@@ -41,6 +43,7 @@ class MigrationEvent:
     fetched_on_demand: int = 0
     tail_records: int = 0
     pause_ms: int | None = None
+    resume_ms: int | None = None
     duration_ms: int | None = None
     first_record_ms: int | None = None
     emitted: bool = False
@@ -52,6 +55,7 @@ class MigrationEvent:
     def record_first(self, when_ms: int) -> None:
         if self.first_record_ms is None:
             self.first_record_ms = when_ms
+            self.resume_ms = max(0, when_ms - self.assigned_ms)
             if self.previous_commit_ms:
                 self.pause_ms = max(0, when_ms - self.previous_commit_ms)
 
