@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -187,3 +188,19 @@ class TopicManager:
             except KafkaException as exc:
                 if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
                     raise BrokerError(f"cannot create topic {name!r}: {exc}") from exc
+        self._wait_for_leaders([t.topic for t in missing])
+
+    def _wait_for_leaders(self, names: list[str], timeout_s: float = 15.0) -> None:
+        """New topics are usable once every partition has a leader."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            topics = self.admin.list_topics(timeout=10).topics
+            if all(
+                name in topics
+                and topics[name].error is None
+                and all(p.leader >= 0 for p in topics[name].partitions.values())
+                for name in names
+            ):
+                return
+            time.sleep(0.1)
+        log.warning("new topics have no leader yet", extra={"topics": ",".join(names)})

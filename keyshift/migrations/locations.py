@@ -16,6 +16,7 @@ import orjson
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from keyshift.errors import BrokerError
+from keyshift.retry import DEFAULT_RETRY
 
 log = logging.getLogger("keyshift.migrations.locations")
 
@@ -57,7 +58,10 @@ class LocationsView:
     def catch_up(self, timeout_s: float = 10.0) -> None:
         """Read the topic up to the end it has now (returns at once when already there)."""
         tp = TopicPartition(self.topic, 0)
-        _, high = self._consumer.get_watermark_offsets(tp, timeout=timeout_s)
+        _, high = DEFAULT_RETRY.call(
+            lambda: self._consumer.get_watermark_offsets(tp, timeout=timeout_s),
+            f"offsets of {self.topic}",
+        )
         deadline = time.monotonic() + timeout_s
         while self._next_offset < high:
             if time.monotonic() > deadline:
