@@ -283,7 +283,7 @@ class Worker:
     def commit(self) -> None:
         """Make all progress durable (see the module docstring for the order)."""
         assert self._producer is not None and self._consumer is not None
-        tasks = [t for t in self.tasks.values() if t.has_progress() and not self._fenced(t)]
+        tasks = [t for t in list(self.tasks.values()) if t.has_progress() and not self._fenced(t)]
         if not tasks:
             return
         started = time.monotonic()
