@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+from keyshift.errors import FencedError, StateError
 from keyshift.state.base import Stamp, StorePartition
 
 log = logging.getLogger("keyshift.migrations.transfer")
@@ -40,6 +41,8 @@ def stop_and_copy(
     stamp = source.read_stamp()
     target.clear_data()
     stats = TransferStats()
+    if _copy_whole(source, target, epoch, stats):
+        return _finish(source, target, stamp, epoch, stats, started)
     last_log = started
     for batch in source.scan(BATCH):
         target.copy_missing(batch, epoch)
@@ -48,11 +51,37 @@ def stop_and_copy(
         if time.monotonic() - last_log >= 1.0:
             last_log = time.monotonic()
             log.info("copying state", extra={"task": what, "keys": stats.keys})
+    return _finish(source, target, stamp, epoch, stats, started)
+
+
+def _finish(source: StorePartition, target: StorePartition, stamp: Stamp | None, epoch: int,
+            stats: TransferStats, started: float) -> tuple[Stamp | None, TransferStats]:
     if stamp is not None:
         target.commit({}, replace(stamp, epoch=epoch), epoch)
     source.clear_data()
     stats.seconds = time.monotonic() - started
     return stamp, stats
+
+
+def _copy_whole(source: StorePartition, target: StorePartition, epoch: int,
+                stats: TransferStats) -> bool:
+    """Move the whole hash as one DUMP/RESTORE when both ends are Redis."""
+    dump = getattr(source, "dump_data", None)
+    restore = getattr(target, "restore_data", None)
+    if dump is None or restore is None:
+        return False
+    payload = dump()
+    if payload is None:
+        return True  # nothing to copy
+    try:
+        stats.keys = restore(payload, epoch)
+    except FencedError:
+        raise
+    except StateError as exc:
+        log.info("DUMP/RESTORE refused; copying key by key", extra={"error": str(exc)})
+        return False
+    stats.bytes = len(payload)
+    return True
 
 
 class ProgressiveCopy:

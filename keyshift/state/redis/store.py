@@ -72,6 +72,17 @@ return epoch
 """
 
 
+_RESTORE = """
+local epoch = tonumber(ARGV[1])
+local current = tonumber(redis.call('HGET', KEYS[2], 'epoch') or '0')
+if current > epoch then
+  return redis.error_reply('FENCED owner epoch ' .. current .. ' > ' .. epoch)
+end
+redis.call('RESTORE', KEYS[1], 0, ARGV[2], 'REPLACE')
+return redis.call('HLEN', KEYS[1])
+"""
+
+
 def partition_keys(app_id: str, store: str, partition: int) -> tuple[str, str]:
     """The data and meta key names of one store partition."""
     tag = f"ks:{{{app_id}:{store}:{partition}}}"
@@ -80,10 +91,15 @@ def partition_keys(app_id: str, store: str, partition: int) -> tuple[str, str]:
 
 class RedisPartition:
     def __init__(
-        self, client: redis.Redis, scripts: tuple[Any, Any, Any], app_id: str, store: str, p: int
+        self,
+        client: redis.Redis,
+        scripts: tuple[Any, Any, Any, Any],
+        app_id: str,
+        store: str,
+        p: int,
     ) -> None:
         self._r = client
-        self._script, self._copy_script, self._claim_script = scripts
+        self._script, self._copy_script, self._claim_script, self._restore_script = scripts
         self.data_key, self.meta_key = partition_keys(app_id, store, p)
 
     def claim(self, owner: str, minimum: int = 0) -> int:
@@ -141,6 +157,22 @@ class RedisPartition:
                 raise self._error(exc) from exc
         return added
 
+    def dump_data(self) -> bytes | None:
+        """All data as one serialized value (Redis DUMP), or None when empty."""
+        return self._r.dump(self.data_key)
+
+    def restore_data(self, payload: bytes, epoch: int) -> int:
+        """Replace all data with a DUMP payload (fenced); returns the key count.
+
+        Raises StateError when the payload cannot be restored (e.g. another
+        Redis version), so callers can fall back to a key-by-key copy.
+        """
+        try:
+            return int(self._restore_script(keys=[self.data_key, self.meta_key],
+                                            args=[epoch, payload]))
+        except redis.ResponseError as exc:
+            raise self._error(exc) from exc
+
     def drop_keys(self, keys: Sequence[bytes]) -> None:
         for start in range(0, len(keys), CHUNK):
             self._r.hdel(self.data_key, *keys[start : start + CHUNK])
@@ -183,6 +215,7 @@ class RedisStore:
             self._r.register_script(_COMMIT),
             self._r.register_script(_COPY_MISSING),
             self._r.register_script(_CLAIM),
+            self._r.register_script(_RESTORE),
         )
 
     def ping(self) -> None:
