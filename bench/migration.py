@@ -143,7 +143,7 @@ def run_strategy(strategy: str, args: argparse.Namespace, urls: list[str], share
                KEYSHIFT_GROUP_PROTOCOL=args.group_protocol)
     states = [shared] if strategy == "handoff" else urls
     cmd = [sys.executable, "-m", "keyshift", "run", ref, "--instances", str(args.steps[0]),
-           "--log-level", "WARNING"]
+           "--log-level", "INFO" if args.workdir else "WARNING"]
     for url in states:
         cmd += ["--state", url]
     pad = "x" * 60
@@ -248,6 +248,7 @@ def main() -> None:
     parser.add_argument("--step-seconds", type=float, default=15.0)
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
     parser.add_argument("--group-protocol", choices=["classic", "consumer"], default="classic")
+    parser.add_argument("--workdir", help="keep app modules and worker logs here")
     parser.add_argument("--brokers", default=os.environ.get("KEYSHIFT_BROKERS", "127.0.0.1:9092"))
     args = parser.parse_args()
     procs, urls = start_redis(max(args.steps))
@@ -255,6 +256,9 @@ def main() -> None:
     rows = []
     try:
         with tempfile.TemporaryDirectory() as tmp:
+            if args.workdir:
+                tmp = args.workdir
+                Path(tmp).mkdir(parents=True, exist_ok=True)
             for strategy in args.strategies.split(","):
                 print(f"running {strategy} ({args.keys} keys, steps {args.steps})...", flush=True)
                 rows.append(run_strategy(strategy, args, urls, shared, Path(tmp)))

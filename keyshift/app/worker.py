@@ -452,6 +452,8 @@ class Worker:
                 start = task.start_offset()
                 offset = OFFSET_STORED if start is None else start
                 assign.append(TopicPartition(tp.topic, tp.partition, offset))
+            if self._restorer is not None and partitions:
+                self._restorer.flush()
         except KeyshiftError:
             self._failed = True
             log.exception("restoring assigned tasks failed")

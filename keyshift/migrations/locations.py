@@ -90,12 +90,17 @@ class LocationsView:
     def all(self) -> list[Location]:
         return list(self._locations.values())
 
-    def publish(self, location: Location) -> None:
+    def publish(self, location: Location, *, flush: bool = True) -> None:
+        """Record where a task's state lives (``flush=False`` batches until :meth:`flush`)."""
         location = Location(**{**asdict(location), "updated_ms": int(time.time() * 1000)})
         self._producer.produce(self.topic, location.encode(), location.key())
-        if self._producer.flush(15):
-            raise BrokerError(f"could not publish the state location to {self.topic}")
         self._locations[location.key()] = location
+        if flush:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._producer.flush(15):
+            raise BrokerError(f"could not publish state locations to {self.topic}")
 
     def close(self) -> None:
         self._consumer.close()

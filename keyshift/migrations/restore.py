@@ -133,13 +133,17 @@ class Restorer:
             complete=copy is None,
             source=None if copy is None or decision.source_url is None
             else redact(decision.source_url),
-        ))
+        ), flush=False)
         if copy is None:
             event.finish()
         log.info("task state ready", extra={"task": what, "strategy": decision.strategy,
                                              "reason": decision.reason,
                                              "tail_records": result.records})
         return Restored(table, event, copy)
+
+    def flush(self) -> None:
+        """Make the locations published by :meth:`open` durable (once per assignment)."""
+        self.locations.flush()
 
     def copy_finished(self, store: str, partition: int, restored: Restored) -> None:
         """Record that a progressive copy completed."""
