@@ -107,7 +107,9 @@ def test_status_shows_members_lag_state_and_migrations(brokers, admin, unique,
                                  capture_output=True, text=True, timeout=60,
                                  env=dict(os.environ, PYTHONPATH=str(tmp_path)))
             ready.text = out.stdout  # type: ignore[attr-defined]
-            return out.returncode == 0 and "counts[1]: solo" in out.stdout
+            return out.returncode == 0 and all(
+                part in out.stdout for part in ("counts[1]: solo", "1 members", "solo (")
+            )
         assert wait_for(ready, 60, 2), (tmp_path / "worker.log").read_text()[-2000:]
         text = ready.text  # type: ignore[attr-defined]
         assert "1 members" in text and "solo" in text
