@@ -135,7 +135,11 @@ class Worker:
             settings, self._store, self._locations, self._restore_consumer, self.instance,
             topology.changelog_topic,
         )
-        self._consumer = Consumer(consumer_config(settings))
+        cconf = consumer_config(settings)
+        # A pause this long (process stopped, long GC, VM freeze) may have cost the
+        # group session: verify task ownership before touching state again.
+        self._stall_s = float(str(cconf.get("session.timeout.ms", 45_000))) / 2000
+        self._consumer = Consumer(cconf)
         self._consumer.subscribe(
             list(self._subs),
             on_assign=self._on_assign,
@@ -155,9 +159,14 @@ class Worker:
         interval = self.settings.commit_interval_ms / 1000
         next_commit = time.monotonic() + interval
         batch = self.settings.batch_size
+        last = time.monotonic()
         while self._running:
             # While a background copy runs, never idle in consume: copy instead.
             msgs = consumer.consume(batch, 0.0 if self._copying else 0.1)
+            after = time.monotonic()
+            if after - last > self._stall_s:
+                self._verify_ownership(after - last)
+            last = after
             if msgs:
                 started = time.monotonic()
                 self._process(msgs)
@@ -413,6 +422,13 @@ class Worker:
                 self._drop(task.topic, task.partition)
                 return True
         return False
+
+    def _verify_ownership(self, stalled_s: float) -> None:
+        """After a stall, drop every task another instance has claimed meanwhile."""
+        log.warning("worker stalled; verifying task ownership",
+                    extra={"instance": self.instance, "stalled_s": round(stalled_s, 1)})
+        for task in list(self.tasks.values()):
+            self._fenced(task)
 
     def _drop(self, topic: str, partition: int) -> None:
         self.tasks.pop((topic, partition), None)
