@@ -112,6 +112,38 @@ def _two_workers(ref: str, urls: list[str], tmp_path: Path, env: dict[str, str])
     ], log
 
 
+def _count_app(tmp_path: Path, module: str, app_id: str, source: str, sink: str) -> str:
+    """A single-stage keyed count: every task is stateful, so each worker owns state."""
+    (tmp_path / f"{module}.py").write_text(
+        "from keyshift import App\n"
+        f"app = App({app_id!r})\n"
+        f"app.stream({source!r}).count(store='counts').to({sink!r})\n"
+    )
+    return f"{module}:app"
+
+
+def _keys(n: int) -> list[str]:
+    return [f"user-{(i * 7) % 97:02d}" for i in range(n)]
+
+
+def _produce_keys(brokers: str, topic: str, keys: list[str], rate: float) -> None:
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": brokers, "linger.ms": 5})
+    for key in keys:
+        producer.produce(topic, b"1", key.encode())
+        producer.poll(0)
+        time.sleep(1 / rate)
+    producer.flush(30)
+
+
+def _counts(keys: list[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for key in keys:
+        out[key] = out.get(key, 0) + 1
+    return out
+
+
 @pytest.fixture
 def private_redis(tmp_path: Path):
     """A redis-server owned by the test, so it can be stopped."""
@@ -136,14 +168,13 @@ def private_redis(tmp_path: Path):
 def test_kill9_with_per_instance_redis(keep_redis, brokers, admin, redis_url, private_redis,
                                        unique, tmp_path: Path):
     redis_proc, victim_url = private_redis
-    app_id, source, sink = unique("k9"), unique("sentences"), unique("counts")
+    app_id, source, sink = unique("k9"), unique("events"), unique("counts")
     create_topic(admin, source, 4)
-    data = sentences(12000)
-    ref = write_app(tmp_path, "k9app", app_id, source, sink, "at_least_once")
+    data = _keys(12000)
+    ref = _count_app(tmp_path, "k9app", app_id, source, sink)
     env = _env(tmp_path)
     (survivor, victim), log = _two_workers(ref, [redis_url, victim_url], tmp_path, env)
-    producer = threading.Thread(target=produce_json, args=(brokers, source, data),
-                                kwargs={"rate": 1500})
+    producer = threading.Thread(target=_produce_keys, args=(brokers, source, data, 1500))
     try:
         time.sleep(6)
         producer.start()
@@ -155,7 +186,7 @@ def test_kill9_with_per_instance_redis(keep_redis, brokers, admin, redis_url, pr
             redis_proc.kill()
             redis_proc.wait()
         producer.join()
-        expected = expected_counts(data)
+        expected = _counts(data)
         assert wait_for(lambda: _converged(brokers, sink, expected), 150), log.read_text()[-4000:]
     finally:
         stop(survivor)
@@ -169,16 +200,15 @@ def test_kill9_with_per_instance_redis(keep_redis, brokers, admin, redis_url, pr
 
 
 def test_zombie_is_fenced(brokers, admin, redis_urls, unique, tmp_path: Path):
-    app_id, source, sink = unique("zombie"), unique("sentences"), unique("counts")
+    app_id, source, sink = unique("zombie"), unique("events"), unique("counts")
     create_topic(admin, source, 4)
-    data = sentences(12000)
-    ref = write_app(tmp_path, "zapp", app_id, source, sink, "at_least_once")
+    data = _keys(12000)
+    ref = _count_app(tmp_path, "zapp", app_id, source, sink)
     urls = [redis_urls[0], redis_urls[1 % len(redis_urls)]]
     env = _env(tmp_path)
     (survivor, zombie), log = _two_workers(ref, urls, tmp_path, env)
     # The producer outlives the stop, so the rightful owners write after the zombie.
-    producer = threading.Thread(target=produce_json, args=(brokers, source, data),
-                                kwargs={"rate": 500})
+    producer = threading.Thread(target=_produce_keys, args=(brokers, source, data, 500))
     try:
         time.sleep(6)
         producer.start()
@@ -187,7 +217,7 @@ def test_zombie_is_fenced(brokers, admin, redis_urls, unique, tmp_path: Path):
         time.sleep(16)  # past the 10 s session timeout: its tasks move to the survivor
         zombie.send_signal(signal.SIGCONT)
         producer.join()
-        expected = expected_counts(data)
+        expected = _counts(data)
         assert wait_for(lambda: _converged(brokers, sink, expected), 150), log.read_text()[-4000:]
     finally:
         stop(survivor)
