@@ -33,8 +33,10 @@ import uuid
 from pathlib import Path
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
+
+from keyshift.app.kafka import read_topic
 
 STRATEGIES = ["handoff", "stop-and-copy", "progressive", "replay"]
 APP = """
@@ -82,22 +84,8 @@ def high_watermarks(brokers: str, topic: str) -> int:
 
 
 def read_all(brokers: str, topic: str) -> list[tuple[bytes | None, bytes | None, int]]:
-    c = Consumer({"bootstrap.servers": brokers, "group.id": f"bench-{uuid.uuid4().hex}",
-                  "enable.partition.eof": True})
-    meta = c.list_topics(topic, timeout=10).topics[topic]
-    c.assign([TopicPartition(topic, p, 0) for p in meta.partitions])
-    pending, out, idle = set(meta.partitions), [], 0
-    while pending and idle < 40:
-        msgs = c.consume(10000, 0.25)
-        idle = 0 if msgs else idle + 1
-        for m in msgs:
-            if m.error():
-                if m.error().code() == KafkaError._PARTITION_EOF:
-                    pending.discard(m.partition())
-                continue
-            out.append((m.key(), m.value(), m.timestamp()[1]))
-    c.close()
-    return out
+    msgs = read_topic({"bootstrap.servers": brokers}, topic, idle_s=10.0)
+    return [(m.key(), m.value(), m.timestamp()[1]) for m in msgs]
 
 
 class LatencyProbe(threading.Thread):

@@ -19,8 +19,10 @@ import uuid
 from pathlib import Path
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
+
+from keyshift.app.kafka import read_topic
 
 ROOT = Path(__file__).resolve().parent.parent
 TEXT = [
@@ -36,22 +38,8 @@ def say(text: str) -> None:
 
 
 def read(brokers: str, topic: str) -> list[tuple[bytes | None, bytes | None]]:
-    consumer = Consumer({"bootstrap.servers": brokers, "group.id": f"demo-{uuid.uuid4().hex}",
-                         "enable.partition.eof": True, "isolation.level": "read_committed"})
-    meta = consumer.list_topics(topic, timeout=10).topics[topic]
-    consumer.assign([TopicPartition(topic, p, 0) for p in meta.partitions])
-    pending, out, idle = set(meta.partitions), [], 0
-    while pending and idle < 20:
-        msgs = consumer.consume(5000, 0.25)
-        idle = 0 if msgs else idle + 1
-        for m in msgs:
-            if m.error():
-                if m.error().code() == KafkaError._PARTITION_EOF:
-                    pending.discard(m.partition())
-                continue
-            out.append((m.key(), m.value()))
-    consumer.close()
-    return out
+    msgs = read_topic({"bootstrap.servers": brokers}, topic, read_committed=True)
+    return [(m.key(), m.value()) for m in msgs]
 
 
 def main() -> int:

@@ -13,8 +13,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
+
+from keyshift.app.kafka import read_topic as keyshift_read_topic
 
 WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa"]
 
@@ -53,35 +55,10 @@ def produce_json(brokers: str, topic: str, values: Iterable[object], *, rate: fl
 def read_topic(
     brokers: str, topic: str, *, read_committed: bool = True, idle_s: float = 2.0
 ) -> list[tuple[bytes | None, bytes | None, dict[str, bytes]]]:
-    """Every record of ``topic`` (per-partition order), until idle for ``idle_s``."""
-    consumer = Consumer({
-        "bootstrap.servers": brokers,
-        "group.id": f"reader-{os.getpid()}-{time.monotonic_ns()}",
-        "enable.auto.commit": False,
-        "isolation.level": "read_committed" if read_committed else "read_uncommitted",
-        "enable.partition.eof": True,
-    })
-    meta = consumer.list_topics(topic, timeout=10).topics[topic]
-    parts = [TopicPartition(topic, p, 0) for p in meta.partitions]
-    consumer.assign(parts)
-    out = []
-    eof: set[int] = set()
-    last = time.monotonic()
-    try:
-        while time.monotonic() - last < idle_s or len(eof) < len(parts):
-            if time.monotonic() - last > 30:
-                break
-            for msg in consumer.consume(5000, 0.2):
-                if msg.error():
-                    if msg.error().code() == KafkaError._PARTITION_EOF:
-                        eof.add(msg.partition())
-                    continue
-                eof.discard(msg.partition())
-                last = time.monotonic()
-                out.append((msg.key(), msg.value(), dict(msg.headers() or [])))
-    finally:
-        consumer.close()
-    return out
+    """Every record of ``topic`` now (per-partition order): key, value, headers."""
+    msgs = keyshift_read_topic({"bootstrap.servers": brokers}, topic,
+                               read_committed=read_committed, idle_s=idle_s)
+    return [(m.key(), m.value(), dict(m.headers() or [])) for m in msgs]
 
 
 Rows = list[tuple[bytes | None, bytes | None, dict[str, bytes]]]

@@ -7,7 +7,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from confluent_kafka import KafkaException
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from keyshift.config import Settings
@@ -68,18 +68,26 @@ def consumer_config(settings: Settings) -> dict[str, object]:
     return config
 
 
-def control_consumer_config(settings: Settings) -> dict[str, object]:
-    """An assign-only reader of control topics (state locations)."""
+def reader_config(
+    client: dict[str, str], purpose: str, *, read_committed: bool = False
+) -> dict[str, object]:
+    """An assign-only consumer that reads topics to their end (no group offsets)."""
     config: dict[str, object] = {
-        "group.id": f"{settings.app_id}-control-{uuid.uuid4().hex[:8]}",
+        "group.id": f"{purpose}-{uuid.uuid4().hex[:8]}",
         "enable.auto.commit": False,
         "enable.partition.eof": True,
         "auto.offset.reset": "earliest",
+        "isolation.level": "read_committed" if read_committed else "read_uncommitted",
         "fetch.wait.max.ms": 50,
-        "client.id": f"{settings.app_id}-control",
+        "client.id": purpose,
     }
-    config.update(settings.client_config())
+    config.update(client)
     return config
+
+
+def control_consumer_config(settings: Settings) -> dict[str, object]:
+    """A reader of control topics (state locations)."""
+    return reader_config(settings.client_config(), f"{settings.app_id}-control")
 
 
 def control_producer_config(settings: Settings) -> dict[str, object]:
@@ -94,17 +102,36 @@ def control_producer_config(settings: Settings) -> dict[str, object]:
 
 
 def restore_consumer_config(settings: Settings) -> dict[str, object]:
-    config: dict[str, object] = {
-        "group.id": f"{settings.app_id}-restore-{uuid.uuid4().hex[:8]}",
-        "enable.auto.commit": False,
-        "enable.partition.eof": True,
-        "auto.offset.reset": "earliest",
-        "isolation.level": "read_committed" if settings.exactly_once else "read_uncommitted",
-        "fetch.wait.max.ms": 50,
-        "client.id": f"{settings.app_id}-restore",
-    }
-    config.update(settings.client_config())
-    return config
+    """A changelog reader; read_committed under exactly-once."""
+    return reader_config(settings.client_config(), f"{settings.app_id}-restore",
+                         read_committed=settings.exactly_once)
+
+
+def read_topic(
+    client: dict[str, str], topic: str, *, read_committed: bool = False, idle_s: float = 5.0
+) -> list[Message]:
+    """Every record of ``topic`` now (all partitions, in partition order), or [] if absent."""
+    consumer = Consumer(reader_config(client, "keyshift-reader", read_committed=read_committed))
+    try:
+        meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        if meta is None or meta.error is not None:
+            return []
+        consumer.assign([TopicPartition(topic, p, 0) for p in meta.partitions])
+        pending, out = set(meta.partitions), []
+        deadline = time.monotonic() + idle_s
+        while pending and time.monotonic() < deadline:
+            msgs = consumer.consume(10_000, 0.25)
+            if msgs:
+                deadline = time.monotonic() + idle_s
+            for msg in msgs:
+                err = msg.error()
+                if err is None:
+                    out.append(msg)
+                elif err.code() == KafkaError._PARTITION_EOF:
+                    pending.discard(msg.partition())
+        return out
+    finally:
+        consumer.close()
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from keyshift.app.kafka import read_topic
 from keyshift.config import Settings
 from keyshift.errors import BrokerError
 from keyshift.migrations.locations import Location
@@ -31,35 +31,6 @@ class AppStatus:
             "app": self.app, "group_state": self.state, "members": self.members,
             "lag": self.lag, "state": self.locations, "last_migrations": self.migrations,
         }
-
-
-def _read_all(settings: Settings, topic: str) -> list[tuple[bytes | None, bytes | None]]:
-    consumer = Consumer({
-        **settings.client_config(),
-        "group.id": f"{settings.app_id}-status-{uuid.uuid4().hex[:8]}",
-        "enable.auto.commit": False, "enable.partition.eof": True,
-    })
-    try:
-        meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
-        if meta is None or meta.error is not None:
-            return []
-        consumer.assign([TopicPartition(topic, p, 0) for p in meta.partitions])
-        pending = set(meta.partitions)
-        out = []
-        idle = 0
-        while pending and idle < 20:
-            msgs = consumer.consume(1000, 0.25)
-            idle = 0 if msgs else idle + 1
-            for msg in msgs:
-                err = msg.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        pending.discard(msg.partition())
-                    continue
-                out.append((msg.key(), msg.value()))
-        return out
-    finally:
-        consumer.close()
 
 
 def collect(settings: Settings, topology: Topology, *, migrations: int = 10) -> AppStatus:
@@ -88,10 +59,11 @@ def collect(settings: Settings, topology: Topology, *, migrations: int = 10) -> 
         probe.close()
     stores: dict[str, RedisStore] = {}
     peers = {redact(u): u for u in (*settings.peers, settings.state)}
-    for key, value in _read_all(settings, topology.locations_topic):
-        if key is None or value is None:
-            continue
-        loc = Location.decode(value)
+    latest: dict[bytes, Location] = {}
+    for msg in read_topic(settings.client_config(), topology.locations_topic):
+        if msg.key() is not None and msg.value() is not None:
+            latest[msg.key()] = Location.decode(msg.value())  # compacted: last one wins
+    for loc in latest.values():
         entry: dict[str, Any] = {"task": f"{loc.store}[{loc.partition}]", "instance": loc.instance,
                                  "url": loc.url, "epoch": loc.epoch, "complete": loc.complete}
         url = peers.get(loc.url) or (None if "***" in loc.url else loc.url)
@@ -106,7 +78,8 @@ def collect(settings: Settings, topology: Topology, *, migrations: int = 10) -> 
     for store in stores.values():
         store.close()
     status.locations.sort(key=lambda e: str(e["task"]))
-    events = [orjson.loads(v) for _, v in _read_all(settings, topology.events_topic) if v]
+    events = [orjson.loads(m.value())
+              for m in read_topic(settings.client_config(), topology.events_topic) if m.value()]
     status.migrations = events[-migrations:]
     return status
 

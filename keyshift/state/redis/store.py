@@ -24,12 +24,16 @@ from keyshift.state.base import Stamp
 
 CHUNK = 1000
 
-_COMMIT = """
+# Every write script starts by refusing an owner epoch older than the stored one.
+_FENCE = """
 local epoch = tonumber(ARGV[1])
 local current = tonumber(redis.call('HGET', KEYS[2], 'epoch') or '0')
 if current > epoch then
   return redis.error_reply('FENCED owner epoch ' .. current .. ' > ' .. epoch)
 end
+"""
+
+_COMMIT = _FENCE + """
 local nset = tonumber(ARGV[3])
 local i = 4
 if nset > 0 then
@@ -51,12 +55,7 @@ return 1
 """
 
 
-_COPY_MISSING = """
-local epoch = tonumber(ARGV[1])
-local current = tonumber(redis.call('HGET', KEYS[2], 'epoch') or '0')
-if current > epoch then
-  return redis.error_reply('FENCED owner epoch ' .. current .. ' > ' .. epoch)
-end
+_COPY_MISSING = _FENCE + """
 local added = 0
 for i = 2, #ARGV, 2 do
   added = added + redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1])
@@ -72,12 +71,7 @@ return epoch
 """
 
 
-_RESTORE = """
-local epoch = tonumber(ARGV[1])
-local current = tonumber(redis.call('HGET', KEYS[2], 'epoch') or '0')
-if current > epoch then
-  return redis.error_reply('FENCED owner epoch ' .. current .. ' > ' .. epoch)
-end
+_RESTORE = _FENCE + """
 redis.call('RESTORE', KEYS[1], 0, ARGV[2], 'REPLACE')
 return redis.call('HLEN', KEYS[1])
 """
@@ -179,7 +173,7 @@ class RedisPartition:
 
     def clear_data(self) -> None:
         pipe = self._r.pipeline(transaction=True)
-        pipe.delete(self.data_key)
+        pipe.unlink(self.data_key)  # freed in the background: big hashes do not block
         pipe.hdel(self.meta_key, "stamp")
         pipe.execute()
 
