@@ -33,7 +33,7 @@ import uuid
 from pathlib import Path
 
 import orjson
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from keyshift.app.kafka import read_topic
@@ -72,6 +72,7 @@ def start_redis(n: int) -> tuple[list[subprocess.Popen[bytes]], list[str]]:
 
 
 def high_watermarks(brokers: str, topic: str) -> int:
+    """Records in ``topic`` so far (0 while it is not usable yet)."""
     c = Consumer({"bootstrap.servers": brokers, "group.id": "bench-hw"})
     try:
         meta = c.list_topics(topic, timeout=10).topics.get(topic)
@@ -79,6 +80,8 @@ def high_watermarks(brokers: str, topic: str) -> int:
             return 0
         return sum(c.get_watermark_offsets(TopicPartition(topic, p), 10)[1]
                    for p in meta.partitions)
+    except KafkaException:  # e.g. a just-created topic without a leader yet
+        return 0
     finally:
         c.close()
 

@@ -101,7 +101,16 @@ def spawn_detached(
     out = done.stdout.strip()
     if done.returncode != 0 or not out.isdigit():
         raise SandboxError(f"could not start {cmd[0]}: {done.stderr.strip() or out}")
-    return int(out)
+    pid = int(out)
+    # Until the forked shell has exec'd the command, /proc shows the shell's command
+    # line; wait for the exec so callers can recognise the process as theirs.
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        words = cmdline(pid)
+        if not words or Path(words[0]).name == Path(cmd[0]).name:
+            break
+        time.sleep(0.01)
+    return pid
 
 
 def stop_pids(pids: Iterable[int], timeout: float = 20.0) -> list[int]:
