@@ -88,6 +88,7 @@ def main() -> int:
     shown: set[bytes] = set()
 
     def show_migrations() -> None:
+        before = len(shown)
         for _key, value in read(brokers, f"{names['WORDCOUNT_APP']}-events"):
             if value is None or value in shown:
                 continue
@@ -98,6 +99,8 @@ def main() -> int:
             say(f"  migration {e['task']}: {e['from_instance']} -> {e['to_instance']} "
                 f"{e['strategy']:<13} keys={e['keys']:<4} pause={e['pause_ms']} ms "
                 f"duration={e['duration_ms']} ms tail={e['tail_records']}")
+        if len(shown) == before:
+            say("  (no stateful task changed owner in this step)")
 
     try:
         time.sleep(8)
