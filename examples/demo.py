@@ -88,7 +88,7 @@ def main() -> int:
     shown: set[bytes] = set()
 
     def show_migrations() -> None:
-        before = len(shown)
+        moved = 0
         for _key, value in read(brokers, f"{names['WORDCOUNT_APP']}-events"):
             if value is None or value in shown:
                 continue
@@ -96,10 +96,11 @@ def main() -> int:
             e = orjson.loads(value)
             if e["from_instance"] in (None, e["to_instance"]):
                 continue
+            moved += 1
             say(f"  migration {e['task']}: {e['from_instance']} -> {e['to_instance']} "
                 f"{e['strategy']:<13} keys={e['keys']:<4} pause={e['pause_ms']} ms "
                 f"duration={e['duration_ms']} ms tail={e['tail_records']}")
-        if len(shown) == before:
+        if not moved:
             say("  (no stateful task changed owner in this step)")
 
     try:
