@@ -30,6 +30,9 @@ import redis
 from keyshift.dev import read_env_file, up
 from keyshift.dev.ports import port_open
 from keyshift.dev.procs import child_pids, cmdline
+from keyshift.state.base import Store
+from keyshift.state.memory import MemoryStore
+from keyshift.state.redis import RedisStore
 
 
 @dataclass(frozen=True)
@@ -181,3 +184,21 @@ def _no_leaked_children() -> Iterator[None]:
         except (ProcessLookupError, ChildProcessError):
             pass
     pytest.fail(f"test leaked child process(es): {described}", pytrace=False)
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("memory", marks=pytest.mark.unit),
+        pytest.param("redis", marks=pytest.mark.integration),
+    ]
+)
+def backend_store(request: pytest.FixtureRequest) -> Iterator[Store]:
+    """Every state backend in turn: the contract and transfer suites run on each."""
+    if request.param == "memory":
+        store: Store = MemoryStore()
+    else:
+        store = RedisStore(request.getfixturevalue("redis_url"))
+    try:
+        yield store
+    finally:
+        store.close()

@@ -19,23 +19,6 @@ from keyshift.state.redis import RedisStore
 from keyshift.state.redis.store import CHUNK, partition_keys, redact
 
 
-@pytest.fixture(
-    params=[
-        pytest.param("memory", marks=pytest.mark.unit),
-        pytest.param("redis", marks=pytest.mark.integration),
-    ]
-)
-def backend_store(request: pytest.FixtureRequest) -> Iterator[Store]:
-    if request.param == "memory":
-        store: Store = MemoryStore()
-    else:
-        store = RedisStore(request.getfixturevalue("redis_url"))
-    try:
-        yield store
-    finally:
-        store.close()
-
-
 @pytest.fixture
 def open_partition(backend_store: Store) -> Iterator[Callable[..., StorePartition]]:
     """``open_partition(store="s", partition=0)`` on a unique app id; cleared afterwards."""

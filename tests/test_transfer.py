@@ -15,28 +15,10 @@ from keyshift.migrations.transfer import ProgressiveCopy, stop_and_copy
 from keyshift.operators.stream import MISSING
 from keyshift.state.base import Stamp, Store, StorePartition
 from keyshift.state.memory import MemoryPartition, MemoryStore
-from keyshift.state.redis import RedisStore
 from keyshift.state.table import Table
 
 N = 600  # > hash-max-listpack-entries (512): a real Redis hashtable, HSCAN pages
 SMALL_BATCH = 100
-
-
-@pytest.fixture(
-    params=[
-        pytest.param("memory", marks=pytest.mark.unit),
-        pytest.param("redis", marks=pytest.mark.integration),
-    ]
-)
-def backend_store(request: pytest.FixtureRequest) -> Iterator[Store]:
-    if request.param == "memory":
-        store: Store = MemoryStore()
-    else:
-        store = RedisStore(request.getfixturevalue("redis_url"))
-    try:
-        yield store
-    finally:
-        store.close()
 
 
 @pytest.fixture
