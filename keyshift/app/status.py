@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from keyshift.app.kafka import read_topic
@@ -48,7 +48,7 @@ def collect(settings: Settings, topology: Topology, *, migrations: int = 10) -> 
             "partitions": sorted(f"{tp.topic}[{tp.partition}]" for tp in parts),
         })
     committed = admin.list_consumer_group_offsets(
-        [_group_request(settings.app_id)])[settings.app_id].result(15)
+        [ConsumerGroupTopicPartitions(settings.app_id)])[settings.app_id].result(15)
     probe = Consumer({**settings.client_config(), "group.id": f"{settings.app_id}-status"})
     try:
         for tp in committed.topic_partitions:
@@ -82,12 +82,6 @@ def collect(settings: Settings, topology: Topology, *, migrations: int = 10) -> 
               for m in read_topic(settings.client_config(), topology.events_topic) if m.value()]
     status.migrations = events[-migrations:]
     return status
-
-
-def _group_request(group: str) -> Any:
-    from confluent_kafka import ConsumerGroupTopicPartitions
-
-    return ConsumerGroupTopicPartitions(group)
 
 
 def render(status: AppStatus) -> str:

@@ -88,19 +88,9 @@ class Task:
         """Duplicate suppression resumes from the oldest store's view of upstream."""
         if not stamps or any(s is None for s in stamps):
             return
-        merged: dict[int, tuple[int, int]] = {}
-        for i, stamp in enumerate(stamps):
-            assert stamp is not None
-            for u, pos in stamp.upstream.items():
-                if i == 0:
-                    merged[u] = pos
-                elif u in merged:
-                    merged[u] = min(merged[u], pos)
-            if i > 0:
-                for u in list(merged):
-                    if u not in stamp.upstream:
-                        del merged[u]
-        self.seen = merged
+        known = [s for s in stamps if s is not None]
+        common = set.intersection(*(set(s.upstream) for s in known))
+        self.seen = {u: min(s.upstream[u] for s in known) for u in common}
 
     # -- processing ------------------------------------------------------------
     def process(self, msgs: list[Message]) -> None:
@@ -167,13 +157,3 @@ class Task:
     def __repr__(self) -> str:
         return f"Task({self.topic}[{self.partition}])"
 
-
-def describe(task: Task) -> dict[str, Any]:
-    return {
-        "topic": task.topic,
-        "partition": task.partition,
-        "position": task.position,
-        "records_in": task.records_in,
-        "duplicates_dropped": task.duplicates,
-        "state_keys_cached": {name: len(t) for name, t in task.tables.items()},
-    }
