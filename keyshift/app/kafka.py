@@ -7,12 +7,21 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import (
+    Consumer,
+    IsolationLevel,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
 
 from keyshift.config import Settings
 from keyshift.errors import BrokerError, TopologyError
 from keyshift.operators.topology import Topology
+from keyshift.polling import consume_available
+from keyshift.retry import DEFAULT_RETRY, Retry
 
 log = logging.getLogger("keyshift.kafka")
 
@@ -120,7 +129,7 @@ def read_topic(
         pending, out = set(meta.partitions), []
         deadline = time.monotonic() + idle_s
         while pending and time.monotonic() < deadline:
-            msgs = consumer.consume(10_000, 0.25)
+            msgs = consume_available(consumer, 10_000, 0.25)
             if msgs:
                 deadline = time.monotonic() + idle_s
             for msg in msgs:
@@ -132,6 +141,32 @@ def read_topic(
         return out
     finally:
         consumer.close()
+
+
+def end_offsets(
+    admin: AdminClient, partitions: list[tuple[str, int]], *, read_committed: bool = False,
+    timeout_s: float = 10.0,
+    retry: Retry = DEFAULT_RETRY,
+) -> dict[tuple[str, int], int]:
+    """End offsets (the last stable offset when ``read_committed``) in one request per leader.
+
+    Uses an admin connection on purpose: a consumer's offset query queues behind
+    its own long-polling fetches on the same connection (``fetch.wait.max.ms``).
+    """
+    if not partitions:
+        return {}
+    level = IsolationLevel.READ_COMMITTED if read_committed else IsolationLevel.READ_UNCOMMITTED
+    wanted = {TopicPartition(t, p): OffsetSpec.latest() for t, p in set(partitions)}
+
+    def query() -> dict[tuple[str, int], int]:
+        futures = admin.list_offsets(wanted, isolation_level=level, request_timeout=timeout_s)
+        return {(tp.topic, tp.partition): int(f.result().offset) for tp, f in futures.items()}
+
+    try:
+        # Retried: a topic created a moment ago may not have a known leader yet.
+        return retry.call(query, "end offsets")
+    except KafkaException as exc:
+        raise BrokerError(f"cannot read end offsets: {exc}") from exc
 
 
 @dataclass(frozen=True, slots=True)

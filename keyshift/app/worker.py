@@ -35,12 +35,14 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
+from confluent_kafka.admin import AdminClient
 
 from keyshift.app.kafka import (
     TopicManager,
     consumer_config,
     control_consumer_config,
     control_producer_config,
+    end_offsets,
     producer_config,
     restore_consumer_config,
 )
@@ -52,6 +54,7 @@ from keyshift.migrations.events import EventLog, now_ms
 from keyshift.migrations.locations import LocationsView
 from keyshift.migrations.restore import Restored, Restorer
 from keyshift.operators.topology import Topology
+from keyshift.polling import consume_available
 from keyshift.state.base import Store
 from keyshift.state.changelog import MARKER_KEY
 from keyshift.state.factory import open_store
@@ -84,6 +87,7 @@ class Worker:
         self._store: Store | None = None
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
+        self._admin: AdminClient | None = None
 
     # -- lifecycle ---------------------------------------------------------------
     def stop(self) -> None:
@@ -107,6 +111,7 @@ class Worker:
         existing = topics.partition_counts()
         _, specs = topics.plan(topology, existing)
         topics.ensure(specs, existing)
+        self._admin = topics.admin
         self._subs = topology.by_topic()
         self._store = open_store(settings.state)
         ping = getattr(self._store, "ping", None)
@@ -162,7 +167,7 @@ class Worker:
         last = time.monotonic()
         while self._running:
             # While a background copy runs, never idle in consume: copy instead.
-            msgs = consumer.consume(batch, 0.0 if self._copying else 0.1)
+            msgs = consume_available(consumer, batch, 0.0 if self._copying else 0.1)
             after = time.monotonic()
             if after - last > self._stall_s:
                 self._verify_ownership(after - last)
@@ -227,7 +232,9 @@ class Worker:
                 groups[key] = [msg]
             else:
                 group.append(msg)
-        for key, group in groups.items():
+        # Newly assigned tasks first: their first record ends a migration's pause.
+        for key in sorted(groups, key=lambda k: k not in self._restored):
+            group = groups[key]
             task = self.tasks.get(key)
             if task is not None:
                 before = task.duplicates
@@ -392,10 +399,14 @@ class Worker:
             self._restore = Consumer(restore_consumer_config(self.settings))
         return self._restore
 
-    def _open_task(self, topic: str, partition: int) -> Task:
+    def _open_task(self, topic: str, partition: int, ends: dict[tuple[str, int], int]) -> Task:
         assert self._restorer is not None
         sub = self._subs[topic]
-        restored = [self._restorer.open(store, partition) for store in sub.stores()]
+        changelog = self.topology.changelog_topic
+        restored = [
+            self._restorer.open(store, partition, end=ends.get((changelog(store), partition)))
+            for store in sub.stores()
+        ]
         for item in restored:
             self.metrics.restores += 1
             self.metrics.restored_records += item.event.tail_records
@@ -458,18 +469,27 @@ class Worker:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         started = time.monotonic()
         assign = []
-        assert self._locations is not None
+        assert self._locations is not None and self._admin is not None
+        lookup = restore = publish = 0.0
         try:
+            ends: dict[tuple[str, int], int] = {}
             if partitions:
-                self._locations.catch_up()
+                # One offsets request for the locations topic and every changelog.
+                locations = (self.topology.locations_topic, 0)
+                ends = end_offsets(self._admin, [locations, *self._changelogs(partitions)],
+                                   read_committed=self.settings.exactly_once)
+                self._locations.catch_up(ends[locations])
+            lookup = time.monotonic()
             for tp in partitions:
-                task = self._open_task(tp.topic, tp.partition)
+                task = self._open_task(tp.topic, tp.partition, ends)
                 self.tasks[(tp.topic, tp.partition)] = task
                 start = task.start_offset()
                 offset = OFFSET_STORED if start is None else start
                 assign.append(TopicPartition(tp.topic, tp.partition, offset))
+            restore = time.monotonic()
             if self._restorer is not None and partitions:
                 self._restorer.flush()
+            publish = time.monotonic()
         except KeyshiftError:
             self._failed = True
             log.exception("restoring assigned tasks failed")
@@ -479,8 +499,17 @@ class Worker:
             "partitions assigned",
             extra={"instance": self.instance,
                    "partitions": ",".join(f"{t.topic}[{t.partition}]@{t.offset}" for t in assign),
-                   "seconds": round(time.monotonic() - started, 3)},
+                   "seconds": round(time.monotonic() - started, 3),
+                   "locations_s": round(max(0.0, lookup - started), 3),
+                   "restore_s": round(max(0.0, restore - lookup), 3),
+                   "publish_s": round(max(0.0, publish - restore), 3)},
         )
+
+    def _changelogs(self, partitions: list[TopicPartition]) -> list[tuple[str, int]]:
+        return [
+            (self.topology.changelog_topic(store), tp.partition)
+            for tp in partitions for store in self._subs[tp.topic].stores()
+        ]
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         if not self._failed:

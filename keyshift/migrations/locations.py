@@ -16,6 +16,7 @@ import orjson
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from keyshift.errors import BrokerError
+from keyshift.polling import consume_available
 from keyshift.retry import DEFAULT_RETRY
 
 log = logging.getLogger("keyshift.migrations.locations")
@@ -55,19 +56,21 @@ class LocationsView:
         self._locations: dict[bytes, Location] = {}
         self._next_offset = 0
 
-    def catch_up(self, timeout_s: float = 10.0) -> None:
-        """Read the topic up to the end it has now (returns at once when already there)."""
-        tp = TopicPartition(self.topic, 0)
-        _, high = DEFAULT_RETRY.call(
-            lambda: self._consumer.get_watermark_offsets(tp, timeout=timeout_s),
-            f"offsets of {self.topic}",
-        )
+    def catch_up(self, end: int | None = None, timeout_s: float = 10.0) -> None:
+        """Read the topic up to ``end`` (default: the end it has now)."""
+        high = end
+        if high is None:
+            tp = TopicPartition(self.topic, 0)
+            _, high = DEFAULT_RETRY.call(
+                lambda: self._consumer.get_watermark_offsets(tp, timeout=timeout_s),
+                f"offsets of {self.topic}",
+            )
         deadline = time.monotonic() + timeout_s
         while self._next_offset < high:
             if time.monotonic() > deadline:
                 log.warning("state locations not fully read in time", extra={"topic": self.topic})
                 return
-            for msg in self._consumer.consume(1000, 0.05):
+            for msg in consume_available(self._consumer, 1000, 0.05):
                 err = msg.error()
                 if err is not None:
                     if err.code() != KafkaError._PARTITION_EOF:

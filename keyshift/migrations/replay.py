@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from keyshift.errors import BrokerError
+from keyshift.polling import consume_available
 from keyshift.retry import DEFAULT_RETRY, Retry
 from keyshift.state.base import Stamp, StorePartition
 from keyshift.state.changelog import MARKER_KEY
@@ -40,21 +41,33 @@ def replay_changelog(
     stamp: Stamp | None,
     epoch: int,
     *,
+    end: int | None = None,
+    read_committed: bool = False,
     timeout_s: float = 120.0,
     retry: Retry = DEFAULT_RETRY,
 ) -> ReplayResult:
-    """Apply the changelog tail beyond ``stamp`` to ``backend``; return the new stamp."""
+    """Apply the changelog tail beyond ``stamp`` to ``backend``; return the new stamp.
+
+    ``end``: the partition's end offset when the caller already knows it (with
+    ``read_committed``, its last stable offset); otherwise it is queried here.
+    """
     started = time.monotonic()
     start = 0 if stamp is None else stamp.changelog_offset
-    tp = TopicPartition(topic, partition)
-    try:
-        low, high = retry.call(
-            lambda: consumer.get_watermark_offsets(tp, timeout=10), f"offsets of {topic}"
-        )
-    except Exception as exc:
-        raise BrokerError(f"cannot read offsets of {topic}[{partition}]: {exc}") from exc
-    start = max(start, low)
-    if start >= high:
+    stable = read_committed and end is not None
+    if end is None:
+        tp = TopicPartition(topic, partition)
+        try:
+            low, end = retry.call(
+                lambda: consumer.get_watermark_offsets(tp, timeout=10), f"offsets of {topic}"
+            )
+        except Exception as exc:
+            raise BrokerError(f"cannot read offsets of {topic}[{partition}]: {exc}") from exc
+        start = max(start, low)
+    high = end
+    # Under read_committed a single offset left before the stable end can only be
+    # a transaction's control record (data is always followed by its commit
+    # marker), so there is nothing to apply and no fetch is needed.
+    if start >= high or (stable and high - start == 1):
         return ReplayResult(stamp, 0, 0, time.monotonic() - started)
 
     consumer.assign([TopicPartition(topic, partition, start)])
@@ -72,7 +85,7 @@ def replay_changelog(
                     f"changelog replay of {topic}[{partition}] did not reach the end "
                     f"within {timeout_s:.0f}s (at {records} records)"
                 )
-            for msg in consumer.consume(10_000, timeout=0.5):
+            for msg in consume_available(consumer, 10_000, 0.5):
                 err = msg.error()
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:

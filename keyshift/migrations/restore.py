@@ -87,7 +87,8 @@ class Restorer:
         return True
 
     # -- restore ------------------------------------------------------------------
-    def open(self, store: str, partition: int) -> Restored:
+    def open(self, store: str, partition: int, *, end: int | None = None) -> Restored:
+        """Restore ``store[partition]``; ``end``: its changelog end offset, if known."""
         assigned = now_ms()
         app = self.settings.app_id
         location = self.locations.get(store, partition)
@@ -121,7 +122,8 @@ class Restorer:
         if stamp is not None:
             event.previous_commit_ms = stamp.ts_ms
         result = replay_changelog(self.restore_consumer(), self.changelog_topic(store),
-                                  partition, local, stamp, epoch)
+                                  partition, local, stamp, epoch, end=end,
+                                  read_committed=self.settings.exactly_once)
         event.tail_records = result.records
         if result.stamp is not None:
             event.previous_commit_ms = max(event.previous_commit_ms, result.stamp.ts_ms)
