@@ -125,11 +125,48 @@ def test_unreachable_source_replays(mode: str) -> None:
     assert "secret" not in result.reason
 
 
+THIRD = "redis://third:6379/0"
+THIRD_CONNECT = "redis://:pw@third:6379/0"
+
+
 @pytest.mark.parametrize("mode", ["auto", "progressive", "stop-and-copy"])
-def test_incomplete_source_replays(mode: str) -> None:
-    result = plan(loc(complete=False, source="redis://third:6379/0"), LOCAL, mode,
+def test_incomplete_source_with_unknown_origin_replays(mode: str) -> None:
+    result = plan(loc(complete=False, source=THIRD), LOCAL, mode,
                   Resolver({REMOTE: REMOTE_CONNECT}), reach(REMOTE_CONNECT))
     check(result, "replay")
+
+
+@pytest.mark.parametrize("mode", ["auto", "progressive"])
+def test_incomplete_source_chains_to_its_origin(mode: str) -> None:
+    resolve = Resolver({REMOTE: REMOTE_CONNECT, THIRD: THIRD_CONNECT})
+    result = plan(loc(complete=False, source=THIRD), LOCAL, mode, resolve,
+                  reach(REMOTE_CONNECT, THIRD_CONNECT))
+    check(result, "progressive", REMOTE_CONNECT)
+    assert result.origin_url == THIRD_CONNECT
+    assert "chained" in result.reason and "pw" not in result.reason
+
+
+def test_incomplete_source_unreachable_origin_replays() -> None:
+    result = plan(loc(complete=False, source=THIRD), LOCAL, "auto",
+                  Resolver({REMOTE: REMOTE_CONNECT, THIRD: THIRD_CONNECT}), reach(REMOTE_CONNECT))
+    check(result, "replay")
+
+
+def test_chains_are_one_level_deep() -> None:
+    location = Location("counts", 2, "other", REMOTE, 3, False, THIRD, origin="redis://x:1/0")
+    result = plan(location, LOCAL, "auto", Resolver({REMOTE: REMOTE_CONNECT}),
+                  reach(REMOTE_CONNECT))
+    check(result, "replay")
+
+
+def test_same_url_incomplete_chained_copy_resumes_with_both_sources() -> None:
+    location = Location("counts", 2, "me", LOCAL, 3, False, REMOTE, origin=THIRD)
+    resolve = Resolver({REMOTE: REMOTE_CONNECT, THIRD: THIRD_CONNECT})
+    result = plan(location, LOCAL, "auto", resolve, reach(REMOTE_CONNECT, THIRD_CONNECT))
+    check(result, "progressive", REMOTE_CONNECT, resume=True)
+    assert result.origin_url == THIRD_CONNECT
+    gone = plan(location, LOCAL, "auto", resolve, reach(REMOTE_CONNECT))
+    check(gone, "replay", clear_local=True)
 
 
 def test_forced_stop_and_copy() -> None:

@@ -321,3 +321,48 @@ def test_deleted_key_not_refetched_after_eviction(
     table.put(b"k4", None)
     commit_table(table)
     assert table.get(b"k4") is MISSING  # fails: {"n": 4} fetched from the source
+
+
+@pytest.fixture
+def third(backend_store: Store) -> Iterator[StorePartition]:
+    """A third "server" for the same task: the target of a chained copy."""
+    part = backend_store.partition(f"xfer-third-{uuid.uuid4().hex[:12]}", "s", 0)
+    try:
+        yield part
+    finally:
+        part.clear()
+
+
+def test_chained_progressive_copy(
+    pair: tuple[StorePartition, StorePartition], third: StorePartition,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """B is still copying from A when C takes the task: C reads B first, then A."""
+    monkeypatch.setattr(transfer, "BATCH", SMALL_BATCH)
+    a, b = pair
+    seed(a)
+    b_epoch = new_owner(a, b)
+    first, _ = ProgressiveCopy.begin(a, b, b_epoch, "b", resume=False)
+    first.step()  # B holds part of the keys...
+    b.commit({b"k0": b"newer", b"fresh": b"1"}, Stamp(700, 90, {}, b_epoch), b_epoch)
+    first.forget([b"k9"])  # ...and deleted one, at A too
+    b.drop_keys([b"k9"])
+
+    c_epoch = third.claim("c", b.owner_epoch() + 1)
+    copy, stamp = ProgressiveCopy.begin(b, third, c_epoch, "c", resume=False, origin=a)
+    assert stamp == Stamp(700, 90, {}, b_epoch)  # B's stamp, the newest
+    with pytest.raises(FencedError):  # both earlier owners are fenced
+        b.commit({b"zombie": b"1"}, Stamp(1, 1, {}, b_epoch), b_epoch)
+    with pytest.raises(FencedError):
+        a.commit({b"zombie": b"1"}, Stamp(1, 1, {}, b_epoch), b_epoch)
+
+    expected = {**data(), b"k0": b"newer", b"fresh": b"1"}
+    del expected[b"k9"]
+    # On demand: B's value when B has the key, A's otherwise, nothing for deleted keys.
+    late = f"k{N - 1}".encode()
+    assert copy.fetch([b"k0", b"fresh", late, b"k9"]) == [
+        b"newer", b"1", expected[late], None
+    ]
+    run_to_end(copy)
+    assert everything(third) == expected
+    assert a.key_count() == 0 and b.key_count() == 0

@@ -32,6 +32,8 @@ class Location:
     complete: bool = True
     source: str | None = None
     updated_ms: int = 0
+    #: During a chained copy: where the keys not yet at ``source`` still are.
+    origin: str | None = None
 
     def key(self) -> bytes:
         return f"{self.store}:{self.partition}".encode()

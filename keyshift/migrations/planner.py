@@ -5,7 +5,9 @@
 * **handoff** - the state already lives where this instance reads it (shared
   Redis, or this instance's own Redis): take ownership, replay the tail;
 * **progressive** transfer - another reachable Redis holds it: resume at once,
-  fetch keys on demand, copy the rest in the background;
+  fetch keys on demand, copy the rest in the background; when that Redis is
+  itself mid-copy, the copy is *chained*: keys come from it first, then from
+  its own source (one level deep);
 * **replay** - nothing reachable holds it: rebuild from the changelog.
 
 A forced mode (``progressive``, ``stop-and-copy``, ``replay``) replaces the
@@ -30,6 +32,8 @@ class Plan:
     resume: bool = False
     clear_local: bool = False
     reason: str = ""
+    #: Chained copy: the source's own source, for keys not at the source yet.
+    origin_url: str | None = None
 
 
 def plan(
@@ -54,8 +58,10 @@ def plan(
         if location.complete:
             return Plan("handoff", reason="state is already in this instance's Redis")
         source = location.source and resolve(location.source)
-        if source and reachable(source):
-            return Plan("progressive", source, resume=True,
+        origin = location.origin and resolve(location.origin)
+        if (source and reachable(source)
+                and (not location.origin or (origin and reachable(origin)))):
+            return Plan("progressive", source, resume=True, origin_url=origin or None,
                         reason="finishing an interrupted progressive copy")
         return Plan("replay", clear_local=True, reason="interrupted copy whose source is gone")
     if mode == "replay":
@@ -66,6 +72,12 @@ def plan(
     if not reachable(source):
         return Plan("replay", reason=f"{location.url} is unreachable")
     if not location.complete:
+        chained = None
+        if mode != "stop-and-copy" and location.source and not location.origin:
+            chained = resolve(location.source)
+        if chained and reachable(chained):
+            return Plan("progressive", source, origin_url=chained,
+                        reason=f"chained: {location.url} is still copying from {location.source}")
         return Plan("replay", reason="the source itself holds an incomplete copy")
     if mode == "stop-and-copy":
         return Plan("stop-and-copy", source, reason="migration=stop-and-copy")

@@ -115,8 +115,11 @@ class Restorer:
         elif decision.strategy == "progressive":
             assert decision.source_url is not None
             source = self._source(decision.source_url).partition(app, store, partition)
+            origin = None
+            if decision.origin_url is not None:
+                origin = self._source(decision.origin_url).partition(app, store, partition)
             copy, stamp = ProgressiveCopy.begin(source, local, epoch, self.instance,
-                                                resume=decision.resume, what=what)
+                                                resume=decision.resume, what=what, origin=origin)
         else:
             stamp = local.read_stamp()
         if stamp is not None:
@@ -135,6 +138,8 @@ class Restorer:
             complete=copy is None,
             source=None if copy is None or decision.source_url is None
             else redact(decision.source_url),
+            origin=None if copy is None or decision.origin_url is None
+            else redact(decision.origin_url),
         ), flush=False)
         if copy is None:
             event.finish()

@@ -8,6 +8,7 @@ holds everything.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Sequence
@@ -88,45 +89,62 @@ class ProgressiveCopy:
     """Resume processing at once; fetch keys on demand; copy the rest in steps."""
 
     def __init__(self, source: StorePartition, target: StorePartition, epoch: int,
-                 *, what: str = "") -> None:
+                 *, what: str = "", origin: StorePartition | None = None) -> None:
         self.source = source
+        self.origin = origin
         self.target = target
         self.epoch = epoch
         self.what = what
         self.stats = TransferStats()
         self.fetched = 0
         self.done = False
-        self._batches = source.scan(BATCH)
+        # The source's (newer) values first; HSETNX keeps them over the origin's.
+        self._sources = [source] if origin is None else [source, origin]
+        self._batches = itertools.chain.from_iterable(s.scan(BATCH) for s in self._sources)
         self._started = time.monotonic()
         self._last_log = self._started
 
     @classmethod
     def begin(cls, source: StorePartition, target: StorePartition, epoch: int, owner: str,
-              *, resume: bool, what: str = "") -> tuple[ProgressiveCopy, Stamp | None]:
+              *, resume: bool, what: str = "", origin: StorePartition | None = None,
+              ) -> tuple[ProgressiveCopy, Stamp | None]:
         """Fence the source and give the target the source's stamp (not its data).
 
         When ``resume`` is set the target already holds newer values from an
-        interrupted copy; they are kept (the copy never overwrites).
+        interrupted copy; they are kept (the copy never overwrites). ``origin``:
+        the source's own source while the source is still mid-copy (chained
+        copy); keys missing at the source are read there.
         """
         source.claim(owner, epoch)
+        if origin is not None:
+            origin.claim(owner, epoch)
+        copy = cls(source, target, epoch, what=what, origin=origin)
         if resume:
-            return cls(source, target, epoch, what=what), target.read_stamp()
+            return copy, target.read_stamp()
         stamp = source.read_stamp()
         target.clear_data()
         if stamp is not None:
             target.commit({}, replace(stamp, epoch=epoch), epoch)
-        return cls(source, target, epoch, what=what), stamp
+        return copy, stamp
 
     def fetch(self, keys: Sequence[bytes]) -> list[bytes | None]:
         """Values of keys not yet local, from the source, in one round trip."""
         if self.done or not keys:
             return [None] * len(keys)
         self.fetched += len(keys)
-        return self.source.get_many(keys)
+        values = self.source.get_many(keys)
+        if self.origin is not None:
+            missing = [i for i, v in enumerate(values) if v is None]
+            if missing:
+                more = self.origin.get_many([keys[i] for i in missing])
+                for i, value in zip(missing, more, strict=True):
+                    values[i] = value
+        return values
 
     def forget(self, keys: Sequence[bytes]) -> None:
-        """Keys deleted at the target: delete them at the source so they stay deleted."""
-        self.source.drop_keys(keys)
+        """Keys deleted at the target: delete them at the sources so they stay deleted."""
+        for source in self._sources:
+            source.drop_keys(keys)
 
     def step(self) -> bool:
         """Copy one batch; returns True once everything is local."""
@@ -134,7 +152,8 @@ class ProgressiveCopy:
             return True
         batch = next(self._batches, None)
         if batch is None:
-            self.source.clear_data()
+            for source in self._sources:
+                source.clear_data()
             self.done = True
             self.stats.seconds = time.monotonic() - self._started
             return True
