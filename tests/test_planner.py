@@ -289,3 +289,13 @@ def test_to_dict() -> None:
     assert doc["keys"] == 10 and doc["bytes"] == 200 and doc["strategy"] == "progressive"
     assert doc["duration_ms"] == ev.duration_ms
     orjson.dumps(doc)  # serializable as published
+
+
+def test_no_chain_back_to_this_instance() -> None:
+    """The task moved away and back mid-copy: the old keys here are stale, so replay."""
+    result = plan(loc(complete=False, source=LOCAL), LOCAL, "auto",
+                  Resolver({REMOTE: REMOTE_CONNECT, LOCAL: LOCAL}), reach(REMOTE_CONNECT, LOCAL))
+    check(result, "replay")
+    location = Location("counts", 2, "me", LOCAL, 3, False, REMOTE, origin=LOCAL)
+    check(plan(location, LOCAL, "auto", Resolver({REMOTE: REMOTE_CONNECT}),
+               reach(REMOTE_CONNECT)), "replay", clear_local=True)

@@ -59,7 +59,7 @@ def plan(
             return Plan("handoff", reason="state is already in this instance's Redis")
         source = location.source and resolve(location.source)
         origin = location.origin and resolve(location.origin)
-        if (source and reachable(source)
+        if (source and reachable(source) and location.origin != local_url
                 and (not location.origin or (origin and reachable(origin)))):
             return Plan("progressive", source, resume=True, origin_url=origin or None,
                         reason="finishing an interrupted progressive copy")
@@ -73,7 +73,10 @@ def plan(
         return Plan("replay", reason=f"{location.url} is unreachable")
     if not location.complete:
         chained = None
-        if mode != "stop-and-copy" and location.source and not location.origin:
+        # Not when the earlier source is this instance's own Redis: its keys are
+        # older than the source's, and a chained copy would clear them at the end.
+        if (mode != "stop-and-copy" and location.source and not location.origin
+                and location.source != local_url):
             chained = resolve(location.source)
         if chained and reachable(chained):
             return Plan("progressive", source, origin_url=chained,
