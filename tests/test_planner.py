@@ -48,11 +48,12 @@ def never(url: str) -> Any:
 
 
 def check(result: Plan, strategy: str, source_url: str | None = None, *,
-          resume: bool = False, clear_local: bool = False) -> None:
+          resume: bool = False) -> None:
     assert result.strategy == strategy
     assert result.source_url == source_url
     assert result.resume is resume
-    assert result.clear_local is clear_local
+    # Every replay rebuilds from scratch; nothing else clears local state.
+    assert result.clear_local is (strategy == "replay")
     assert result.reason.strip()
 
 
@@ -82,19 +83,19 @@ def test_same_url_incomplete_resumes_progressive_copy(mode: str) -> None:
 def test_same_url_incomplete_source_unresolvable_replays_clearing_local() -> None:
     result = plan(loc(LOCAL, complete=False, source=REMOTE), LOCAL, "auto", Resolver({}),
                   never)
-    check(result, "replay", clear_local=True)
+    check(result, "replay")
 
 
 def test_same_url_incomplete_source_unreachable_replays_clearing_local() -> None:
     result = plan(loc(LOCAL, complete=False, source=REMOTE), LOCAL, "auto",
                   Resolver({REMOTE: REMOTE_CONNECT}), reach())
-    check(result, "replay", clear_local=True)
+    check(result, "replay")
 
 
 @pytest.mark.parametrize("source", [None, ""])
 def test_same_url_incomplete_without_source_replays_clearing_local(source: str | None) -> None:
     result = plan(loc(LOCAL, complete=False, source=source), LOCAL, "auto", never, never)
-    check(result, "replay", clear_local=True)
+    check(result, "replay")
 
 
 def test_forced_replay() -> None:
@@ -166,7 +167,7 @@ def test_same_url_incomplete_chained_copy_resumes_with_both_sources() -> None:
     check(result, "progressive", REMOTE_CONNECT, resume=True)
     assert result.origin_url == THIRD_CONNECT
     gone = plan(location, LOCAL, "auto", resolve, reach(REMOTE_CONNECT))
-    check(gone, "replay", clear_local=True)
+    check(gone, "replay")
 
 
 def test_forced_stop_and_copy() -> None:
@@ -298,4 +299,4 @@ def test_no_chain_back_to_this_instance() -> None:
     check(result, "replay")
     location = Location("counts", 2, "me", LOCAL, 3, False, REMOTE, origin=LOCAL)
     check(plan(location, LOCAL, "auto", Resolver({REMOTE: REMOTE_CONNECT}),
-               reach(REMOTE_CONNECT)), "replay", clear_local=True)
+               reach(REMOTE_CONNECT)), "replay")

@@ -8,7 +8,8 @@
   fetch keys on demand, copy the rest in the background; when that Redis is
   itself mid-copy, the copy is *chained*: keys come from it first, then from
   its own source (one level deep);
-* **replay** - nothing reachable holds it: rebuild from the changelog.
+* **replay** - nothing reachable holds it: clear what this instance's Redis
+  holds for the task and rebuild it from the changelog.
 
 A forced mode (``progressive``, ``stop-and-copy``, ``replay``) replaces the
 transfer step; handoff is still used when the state is already local.
@@ -36,6 +37,16 @@ class Plan:
     origin_url: str | None = None
 
 
+def _replay(reason: str) -> Plan:
+    """Rebuild from the changelog, from scratch.
+
+    Whatever this instance's Redis holds for the task is not trusted: it may be
+    a progressive copy cut short, whose stamp is current while keys are missing.
+    Only handoff reads local state as it is.
+    """
+    return Plan("replay", clear_local=True, reason=reason)
+
+
 def plan(
     location: Location | None,
     local_url: str,
@@ -53,7 +64,7 @@ def plan(
         reachable: whether a connectable URL answers.
     """
     if location is None:
-        return Plan("replay", reason="no recorded location")
+        return _replay("no recorded location")
     if location.url == local_url:
         if location.complete:
             return Plan("handoff", reason="state is already in this instance's Redis")
@@ -63,14 +74,14 @@ def plan(
                 and (not location.origin or (origin and reachable(origin)))):
             return Plan("progressive", source, resume=True, origin_url=origin or None,
                         reason="finishing an interrupted progressive copy")
-        return Plan("replay", clear_local=True, reason="interrupted copy whose source is gone")
+        return _replay("interrupted copy whose source is gone")
     if mode == "replay":
-        return Plan("replay", reason="migration=replay")
+        return _replay("migration=replay")
     source = resolve(location.url)
     if source is None:
-        return Plan("replay", reason=f"no credentials configured for {location.url}")
+        return _replay(f"no credentials configured for {location.url}")
     if not reachable(source):
-        return Plan("replay", reason=f"{location.url} is unreachable")
+        return _replay(f"{location.url} is unreachable")
     if not location.complete:
         chained = None
         # Not when the earlier source is this instance's own Redis: its keys are
@@ -81,7 +92,7 @@ def plan(
         if chained and reachable(chained):
             return Plan("progressive", source, origin_url=chained,
                         reason=f"chained: {location.url} is still copying from {location.source}")
-        return Plan("replay", reason="the source itself holds an incomplete copy")
+        return _replay("the source itself holds an incomplete copy")
     if mode == "stop-and-copy":
         return Plan("stop-and-copy", source, reason="migration=stop-and-copy")
     return Plan("progressive", source, reason=f"state lives in {location.url}")
