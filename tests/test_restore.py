@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, Producer
 
+from kafkautil import create_topic
 from keyshift.app.kafka import control_consumer_config, control_producer_config, reader_config
 from keyshift.config import Settings
 from keyshift.migrations.locations import Location, LocationsView
@@ -15,8 +16,6 @@ from keyshift.migrations.restore import Restorer
 from keyshift.state.base import Stamp
 from keyshift.state.changelog import MARKER_KEY
 from keyshift.state.redis import RedisStore
-
-from kafkautil import create_topic
 
 pytestmark = pytest.mark.integration
 
