@@ -143,7 +143,7 @@ def test_incomplete_source_chains_to_its_origin(mode: str) -> None:
     result = plan(loc(complete=False, source=THIRD), LOCAL, mode, resolve,
                   reach(REMOTE_CONNECT, THIRD_CONNECT))
     check(result, "progressive", REMOTE_CONNECT)
-    assert result.origin_url == THIRD_CONNECT
+    assert result.origin_urls == (THIRD_CONNECT,)
     assert "chained" in result.reason and "pw" not in result.reason
 
 
@@ -153,19 +153,25 @@ def test_incomplete_source_unreachable_origin_replays() -> None:
     check(result, "replay")
 
 
-def test_chains_are_one_level_deep() -> None:
-    location = Location("counts", 2, "other", REMOTE, 3, False, THIRD, origin="redis://x:1/0")
-    result = plan(location, LOCAL, "auto", Resolver({REMOTE: REMOTE_CONNECT}),
-                  reach(REMOTE_CONNECT))
-    check(result, "replay")
+def test_chains_extend_through_every_earlier_source() -> None:
+    older = "redis://x:1/0"
+    location = Location("counts", 2, "other", REMOTE, 3, False, THIRD, origins=(older,))
+    known = {REMOTE: REMOTE_CONNECT, THIRD: THIRD_CONNECT, older: older}
+    result = plan(location, LOCAL, "auto", Resolver(known),
+                  reach(REMOTE_CONNECT, THIRD_CONNECT, older))
+    check(result, "progressive", REMOTE_CONNECT)
+    assert result.origin_urls == (THIRD_CONNECT, older)
+    # Any missing link and the chain cannot be followed.
+    check(plan(location, LOCAL, "auto", Resolver(known), reach(REMOTE_CONNECT, THIRD_CONNECT)),
+          "replay")
 
 
 def test_same_url_incomplete_chained_copy_resumes_with_both_sources() -> None:
-    location = Location("counts", 2, "me", LOCAL, 3, False, REMOTE, origin=THIRD)
+    location = Location("counts", 2, "me", LOCAL, 3, False, REMOTE, origins=(THIRD,))
     resolve = Resolver({REMOTE: REMOTE_CONNECT, THIRD: THIRD_CONNECT})
     result = plan(location, LOCAL, "auto", resolve, reach(REMOTE_CONNECT, THIRD_CONNECT))
     check(result, "progressive", REMOTE_CONNECT, resume=True)
-    assert result.origin_url == THIRD_CONNECT
+    assert result.origin_urls == (THIRD_CONNECT,)
     gone = plan(location, LOCAL, "auto", resolve, reach(REMOTE_CONNECT))
     check(gone, "replay")
 
@@ -197,6 +203,15 @@ def test_location_round_trip() -> None:
     assert value.key() == b"counts:7"
     raw = orjson.loads(value.encode())
     assert raw["complete"] is False and raw["source"] == "redis://src:1/0"
+
+
+def test_location_origins_round_trip() -> None:
+    value = Location("s", 0, "i", REMOTE, 5, False, THIRD, origins=(LOCAL, "redis://x:1/0"))
+    decoded = Location.decode(value.encode())
+    assert decoded == value and decoded.origins == (LOCAL, "redis://x:1/0")
+    # Records written before chains existed have no origins.
+    legacy = {k: v for k, v in orjson.loads(value.encode()).items() if k != "origins"}
+    assert Location.decode(orjson.dumps(legacy)).origins == ()
 
 
 def test_location_defaults_round_trip() -> None:
@@ -297,6 +312,6 @@ def test_no_chain_back_to_this_instance() -> None:
     result = plan(loc(complete=False, source=LOCAL), LOCAL, "auto",
                   Resolver({REMOTE: REMOTE_CONNECT, LOCAL: LOCAL}), reach(REMOTE_CONNECT, LOCAL))
     check(result, "replay")
-    location = Location("counts", 2, "me", LOCAL, 3, False, REMOTE, origin=LOCAL)
+    location = Location("counts", 2, "me", LOCAL, 3, False, REMOTE, origins=(LOCAL,))
     check(plan(location, LOCAL, "auto", Resolver({REMOTE: REMOTE_CONNECT}),
                reach(REMOTE_CONNECT)), "replay")

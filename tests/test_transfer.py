@@ -349,7 +349,7 @@ def test_chained_progressive_copy(
     b.drop_keys([b"k9"])
 
     c_epoch = third.claim("c", b.owner_epoch() + 1)
-    copy, stamp = ProgressiveCopy.begin(b, third, c_epoch, "c", resume=False, origin=a)
+    copy, stamp = ProgressiveCopy.begin(b, third, c_epoch, "c", resume=False, origins=[a])
     assert stamp == Stamp(700, 90, {}, b_epoch)  # B's stamp, the newest
     with pytest.raises(FencedError):  # both earlier owners are fenced
         b.commit({b"zombie": b"1"}, Stamp(1, 1, {}, b_epoch), b_epoch)
@@ -366,3 +366,42 @@ def test_chained_progressive_copy(
     run_to_end(copy)
     assert everything(third) == expected
     assert a.key_count() == 0 and b.key_count() == 0
+
+
+def test_chain_of_three_sources(
+    pair: tuple[StorePartition, StorePartition], third: StorePartition, backend_store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A -> B -> C, both copies unfinished, then D: newest value wins, deletes hold."""
+    monkeypatch.setattr(transfer, "BATCH", SMALL_BATCH)
+    a, b = pair
+    c = third
+    d = backend_store.partition(f"xfer-fourth-{uuid.uuid4().hex[:12]}", "s", 0)
+    try:
+        seed(a)
+        b_epoch = new_owner(a, b)
+        to_b, _ = ProgressiveCopy.begin(a, b, b_epoch, "b", resume=False)
+        to_b.step()
+        b.commit({b"k1": b"at-b", b"k2": b"at-b"}, Stamp(700, 90, {}, b_epoch), b_epoch)
+        c_epoch = c.claim("c", b.owner_epoch() + 1)
+        to_c, _ = ProgressiveCopy.begin(b, c, c_epoch, "c", resume=False, origins=[a])
+        c.commit({b"k2": b"at-c"}, Stamp(800, 95, {}, c_epoch), c_epoch)
+        to_c.forget([b"k3"])  # deleted at C: gone from B and A too
+        c.drop_keys([b"k3"])
+
+        d_epoch = d.claim("d", c.owner_epoch() + 1)
+        copy, stamp = ProgressiveCopy.begin(c, d, d_epoch, "d", resume=False, origins=[b, a])
+        assert stamp == Stamp(800, 95, {}, c_epoch)
+        for fenced, epoch in ((a, b_epoch), (b, b_epoch), (c, c_epoch)):
+            with pytest.raises(FencedError):
+                fenced.commit({b"zombie": b"1"}, Stamp(1, 1, {}, epoch), epoch)
+        assert copy.fetch([b"k2", b"k1", b"k3", b"k8"]) == [
+            b"at-c", b"at-b", None, data()[b"k8"]
+        ]
+        run_to_end(copy)
+        expected = {**data(), b"k1": b"at-b", b"k2": b"at-c"}
+        del expected[b"k3"]
+        assert everything(d) == expected
+        assert a.key_count() == b.key_count() == c.key_count() == 0
+    finally:
+        d.clear()

@@ -32,8 +32,9 @@ class Location:
     complete: bool = True
     source: str | None = None
     updated_ms: int = 0
-    #: During a chained copy: where the keys not yet at ``source`` still are.
-    origin: str | None = None
+    #: During a chained copy: the earlier sources, newest first, holding the
+    #: keys that are not at ``source`` yet.
+    origins: tuple[str, ...] = ()
 
     def key(self) -> bytes:
         return f"{self.store}:{self.partition}".encode()
@@ -43,7 +44,9 @@ class Location:
 
     @classmethod
     def decode(cls, data: bytes) -> Location:
-        return cls(**orjson.loads(data))
+        fields = orjson.loads(data)
+        fields["origins"] = tuple(fields.get("origins", ()))
+        return cls(**fields)
 
 
 class LocationsView:

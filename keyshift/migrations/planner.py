@@ -7,7 +7,7 @@
 * **progressive** transfer - another reachable Redis holds it: resume at once,
   fetch keys on demand, copy the rest in the background; when that Redis is
   itself mid-copy, the copy is *chained*: keys come from it first, then from
-  its own source (one level deep);
+  its own sources, newest first;
 * **replay** - nothing reachable holds it: clear what this instance's Redis
   holds for the task and rebuild it from the changelog.
 
@@ -33,8 +33,8 @@ class Plan:
     resume: bool = False
     clear_local: bool = False
     reason: str = ""
-    #: Chained copy: the source's own source, for keys not at the source yet.
-    origin_url: str | None = None
+    #: Chained copy: the source's own sources, newest first (connectable URLs).
+    origin_urls: tuple[str, ...] = ()
 
 
 def _replay(reason: str) -> Plan:
@@ -45,6 +45,26 @@ def _replay(reason: str) -> Plan:
     Only handoff reads local state as it is.
     """
     return Plan("replay", clear_local=True, reason=reason)
+
+
+def _connect(
+    urls: list[str], local_url: str, resolve: Callable[[str], str | None],
+    reachable: Callable[[str], bool],
+) -> tuple[str, ...] | None:
+    """Connectable URLs for a chain of earlier sources, or None if any link is missing.
+
+    A chain through this instance's own Redis is refused too: its keys there are
+    older than the sources after it, and the copy would clear them at the end.
+    """
+    if not urls or local_url in urls:
+        return None
+    out = []
+    for url in urls:
+        connect = url and resolve(url)
+        if not connect or not reachable(connect):
+            return None
+        out.append(connect)
+    return tuple(out)
 
 
 def plan(
@@ -68,13 +88,12 @@ def plan(
     if location.url == local_url:
         if location.complete:
             return Plan("handoff", reason="state is already in this instance's Redis")
-        source = location.source and resolve(location.source)
-        origin = location.origin and resolve(location.origin)
-        if (source and reachable(source) and location.origin != local_url
-                and (not location.origin or (origin and reachable(origin)))):
-            return Plan("progressive", source, resume=True, origin_url=origin or None,
-                        reason="finishing an interrupted progressive copy")
-        return _replay("interrupted copy whose source is gone")
+        chain = _connect([location.source or "", *location.origins], local_url, resolve,
+                         reachable)
+        if chain is None:
+            return _replay("interrupted copy whose source is gone")
+        return Plan("progressive", chain[0], resume=True, origin_urls=chain[1:],
+                    reason="finishing an interrupted progressive copy")
     if mode == "replay":
         return _replay("migration=replay")
     source = resolve(location.url)
@@ -83,16 +102,14 @@ def plan(
     if not reachable(source):
         return _replay(f"{location.url} is unreachable")
     if not location.complete:
-        chained = None
-        # Not when the earlier source is this instance's own Redis: its keys are
-        # older than the source's, and a chained copy would clear them at the end.
-        if (mode != "stop-and-copy" and location.source and not location.origin
-                and location.source != local_url):
-            chained = resolve(location.source)
-        if chained and reachable(chained):
-            return Plan("progressive", source, origin_url=chained,
-                        reason=f"chained: {location.url} is still copying from {location.source}")
-        return _replay("the source itself holds an incomplete copy")
+        chain = None
+        if mode != "stop-and-copy":
+            chain = _connect([location.source or "", *location.origins], local_url, resolve,
+                             reachable)
+        if chain is None:
+            return _replay("the source itself holds an incomplete copy")
+        return Plan("progressive", source, origin_urls=chain,
+                    reason=f"chained: {location.url} is still copying from {location.source}")
     if mode == "stop-and-copy":
         return Plan("stop-and-copy", source, reason="migration=stop-and-copy")
     return Plan("progressive", source, reason=f"state lives in {location.url}")

@@ -115,11 +115,10 @@ class Restorer:
         elif decision.strategy == "progressive":
             assert decision.source_url is not None
             source = self._source(decision.source_url).partition(app, store, partition)
-            origin = None
-            if decision.origin_url is not None:
-                origin = self._source(decision.origin_url).partition(app, store, partition)
+            origins = [self._source(url).partition(app, store, partition)
+                       for url in decision.origin_urls]
             copy, stamp = ProgressiveCopy.begin(source, local, epoch, self.instance,
-                                                resume=decision.resume, what=what, origin=origin)
+                                                resume=decision.resume, what=what, origins=origins)
         else:
             stamp = local.read_stamp()
         if stamp is not None:
@@ -138,8 +137,7 @@ class Restorer:
             complete=copy is None,
             source=None if copy is None or decision.source_url is None
             else redact(decision.source_url),
-            origin=None if copy is None or decision.origin_url is None
-            else redact(decision.origin_url),
+            origins=() if copy is None else tuple(redact(u) for u in decision.origin_urls),
         ), flush=False)
         if copy is None:
             event.finish()

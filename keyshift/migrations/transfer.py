@@ -89,36 +89,34 @@ class ProgressiveCopy:
     """Resume processing at once; fetch keys on demand; copy the rest in steps."""
 
     def __init__(self, source: StorePartition, target: StorePartition, epoch: int,
-                 *, what: str = "", origin: StorePartition | None = None) -> None:
+                 *, what: str = "", origins: Sequence[StorePartition] = ()) -> None:
         self.source = source
-        self.origin = origin
         self.target = target
         self.epoch = epoch
         self.what = what
         self.stats = TransferStats()
         self.fetched = 0
         self.done = False
-        # The source's (newer) values first; HSETNX keeps them over the origin's.
-        self._sources = [source] if origin is None else [source, origin]
+        # Newest first: HSETNX keeps a newer source's value over an older one's.
+        self._sources = [source, *origins]
         self._batches = itertools.chain.from_iterable(s.scan(BATCH) for s in self._sources)
         self._started = time.monotonic()
         self._last_log = self._started
 
     @classmethod
     def begin(cls, source: StorePartition, target: StorePartition, epoch: int, owner: str,
-              *, resume: bool, what: str = "", origin: StorePartition | None = None,
+              *, resume: bool, what: str = "", origins: Sequence[StorePartition] = (),
               ) -> tuple[ProgressiveCopy, Stamp | None]:
         """Fence the source and give the target the source's stamp (not its data).
 
         When ``resume`` is set the target already holds newer values from an
-        interrupted copy; they are kept (the copy never overwrites). ``origin``:
-        the source's own source while the source is still mid-copy (chained
-        copy); keys missing at the source are read there.
+        interrupted copy; they are kept (the copy never overwrites). ``origins``:
+        the source's own sources, newest first, while the source is still
+        mid-copy (chained copy); keys missing at the source are read there.
         """
-        source.claim(owner, epoch)
-        if origin is not None:
-            origin.claim(owner, epoch)
-        copy = cls(source, target, epoch, what=what, origin=origin)
+        copy = cls(source, target, epoch, what=what, origins=origins)
+        for each in copy._sources:
+            each.claim(owner, epoch)
         if resume:
             return copy, target.read_stamp()
         stamp = source.read_stamp()
@@ -132,13 +130,15 @@ class ProgressiveCopy:
         if self.done or not keys:
             return [None] * len(keys)
         self.fetched += len(keys)
-        values = self.source.get_many(keys)
-        if self.origin is not None:
-            missing = [i for i, v in enumerate(values) if v is None]
-            if missing:
-                more = self.origin.get_many([keys[i] for i in missing])
-                for i, value in zip(missing, more, strict=True):
-                    values[i] = value
+        values: list[bytes | None] = [None] * len(keys)
+        missing = list(range(len(keys)))
+        for source in self._sources:
+            found = source.get_many([keys[i] for i in missing])
+            for i, value in zip(missing, found, strict=True):
+                values[i] = value
+            missing = [i for i in missing if values[i] is None]
+            if not missing:
+                break
         return values
 
     def forget(self, keys: Sequence[bytes]) -> None:
