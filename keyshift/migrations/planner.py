@@ -48,15 +48,17 @@ def _replay(reason: str) -> Plan:
 
 
 def _connect(
-    urls: list[str], local_url: str, resolve: Callable[[str], str | None],
+    location: Location, local_url: str, resolve: Callable[[str], str | None],
     reachable: Callable[[str], bool],
 ) -> tuple[str, ...] | None:
-    """Connectable URLs for a chain of earlier sources, or None if any link is missing.
+    """Connectable URLs of the copy chain behind ``location`` (its source, then its
+    origins), or None if any link is missing.
 
     A chain through this instance's own Redis is refused too: its keys there are
     older than the sources after it, and the copy would clear them at the end.
     """
-    if not urls or local_url in urls:
+    urls = [location.source or "", *location.origins]
+    if local_url in urls:
         return None
     out = []
     for url in urls:
@@ -88,8 +90,7 @@ def plan(
     if location.url == local_url:
         if location.complete:
             return Plan("handoff", reason="state is already in this instance's Redis")
-        chain = _connect([location.source or "", *location.origins], local_url, resolve,
-                         reachable)
+        chain = _connect(location, local_url, resolve, reachable)
         if chain is None:
             return _replay("interrupted copy whose source is gone")
         return Plan("progressive", chain[0], resume=True, origin_urls=chain[1:],
@@ -104,8 +105,7 @@ def plan(
     if not location.complete:
         chain = None
         if mode != "stop-and-copy":
-            chain = _connect([location.source or "", *location.origins], local_url, resolve,
-                             reachable)
+            chain = _connect(location, local_url, resolve, reachable)
         if chain is None:
             return _replay("the source itself holds an incomplete copy")
         return Plan("progressive", source, origin_urls=chain,
