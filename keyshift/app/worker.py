@@ -190,7 +190,7 @@ class Worker:
         """Commit (unless failed), leave the group, release clients."""
         try:
             if not self._failed and self._consumer is not None:
-                self.commit()
+                self._final_commit()
         finally:
             if self._consumer is not None:
                 self._consumer.close()
@@ -213,6 +213,27 @@ class Worker:
                 self._store.close()
             log.info("worker stopped", extra={"instance": self.instance,
                                               **self.metrics.snapshot()})
+
+    def _final_commit(self) -> None:
+        """The last commit before leaving. Under exactly-once, a transaction the group
+        rejects because it is rebalancing (other instances leaving at the same time)
+        is aborted: Redis is written only after a commit, so the next owner resumes
+        from the last committed transaction and nothing is lost."""
+        try:
+            self.commit()
+        except BrokerError as exc:
+            cause = exc.__cause__
+            abortable = (
+                self.settings.exactly_once
+                and isinstance(cause, KafkaException)
+                and bool(cause.args)
+                and cause.args[0].txn_requires_abort()
+            )
+            if not abortable:
+                raise
+            self._failed = True  # close() aborts the open transaction
+            log.warning("final transaction aborted; the next owner resumes from the last "
+                        "commit", extra={"instance": self.instance, "error": str(cause)})
 
     # -- processing --------------------------------------------------------------
     def _process(self, msgs: list[Message]) -> None:
