@@ -11,8 +11,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from keyshift.migrations.events import MigrationEvent, now_ms
-from keyshift.migrations.locations import Location
+from keyshift.migrations.locations import Location, aside_of, split_aside
 from keyshift.migrations.planner import Plan, plan
+from keyshift.state.redis.store import redact
 
 pytestmark = pytest.mark.unit
 
@@ -307,11 +308,50 @@ def test_to_dict() -> None:
     orjson.dumps(doc)  # serializable as published
 
 
-def test_no_chain_back_to_this_instance() -> None:
-    """The task moved away and back mid-copy: the old keys here are stale, so replay."""
-    result = plan(loc(complete=False, source=LOCAL), LOCAL, "auto",
-                  Resolver({REMOTE: REMOTE_CONNECT, LOCAL: LOCAL}), reach(REMOTE_CONNECT, LOCAL))
-    check(result, "replay")
+def test_chain_back_to_this_instance_sets_local_data_aside() -> None:
+    """The task moved away and back mid-copy: the old keys here are older than the
+    source's, so they are set aside and read after it, never overwriting it."""
+    resolver = Resolver({REMOTE: REMOTE_CONNECT, LOCAL: LOCAL})
+    result = plan(loc(complete=False, source=LOCAL), LOCAL, "auto", resolver,
+                  reach(REMOTE_CONNECT, LOCAL))
+    check(result, "progressive", REMOTE_CONNECT)
+    assert result.set_aside and result.origin_urls == (aside_of(LOCAL),)
+    assert "set aside" in result.reason
+    # Deeper: this Redis in the middle of the chain keeps its place in the order.
+    location = Location("counts", 2, "other", REMOTE, 3, False, THIRD, origins=(LOCAL, "x"))
+    result = plan(location, LOCAL, "auto",
+                  Resolver({REMOTE: REMOTE_CONNECT, THIRD: THIRD_CONNECT, LOCAL: LOCAL, "x": "x"}),
+                  reach(REMOTE_CONNECT, THIRD_CONNECT, LOCAL, "x"))
+    assert result.origin_urls == (THIRD_CONNECT, aside_of(LOCAL), "x") and result.set_aside
+    # stop-and-copy does not chain.
+    check(plan(loc(complete=False, source=LOCAL), LOCAL, "stop-and-copy", resolver,
+               reach(REMOTE_CONNECT, LOCAL)), "replay")
+
+
+def test_chain_with_this_instance_twice_replays() -> None:
+    """One aside slot per Redis: a chain holding both this Redis and its aside copy
+    (or an interrupted copy here listing itself) cannot be followed."""
+    both = Location("counts", 2, "other", REMOTE, 3, False, LOCAL, origins=(aside_of(LOCAL),))
+    check(plan(both, LOCAL, "auto", Resolver({REMOTE: REMOTE_CONNECT, LOCAL: LOCAL}),
+               reach(REMOTE_CONNECT, LOCAL)), "replay")
     location = Location("counts", 2, "me", LOCAL, 3, False, REMOTE, origins=(LOCAL,))
     check(plan(location, LOCAL, "auto", Resolver({REMOTE: REMOTE_CONNECT}),
                reach(REMOTE_CONNECT)), "replay")
+
+
+def test_interrupted_copy_with_an_aside_origin_resumes() -> None:
+    """The copy here was reading this Redis's aside copy when it stopped: resume it."""
+    location = Location("counts", 2, "me", LOCAL, 3, False, REMOTE,
+                        origins=(aside_of(LOCAL),))
+    result = plan(location, LOCAL, "auto", Resolver({REMOTE: REMOTE_CONNECT, LOCAL: LOCAL}),
+                  reach(REMOTE_CONNECT, LOCAL))
+    check(result, "progressive", REMOTE_CONNECT, resume=True)
+    assert result.origin_urls == (aside_of(LOCAL),) and not result.set_aside
+
+
+def test_aside_marker_round_trips() -> None:
+    assert split_aside(aside_of(REMOTE_CONNECT)) == (REMOTE_CONNECT, True)
+    assert split_aside(REMOTE) == (REMOTE, False)
+    # Published chains carry no secrets, and keep the marker.
+    assert redact(aside_of(REMOTE_CONNECT)) == aside_of(redact(REMOTE_CONNECT))
+    assert "secret" not in redact(aside_of(REMOTE_CONNECT))

@@ -11,11 +11,12 @@ from confluent_kafka import Consumer, Producer
 from kafkautil import create_topic
 from keyshift.app.kafka import control_consumer_config, control_producer_config, reader_config
 from keyshift.config import Settings
-from keyshift.migrations.locations import Location, LocationsView
+from keyshift.migrations.locations import Location, LocationsView, aside_of
 from keyshift.migrations.restore import Restorer
 from keyshift.state.base import Stamp
 from keyshift.state.changelog import MARKER_KEY
 from keyshift.state.redis import RedisStore
+from keyshift.state.redis.store import redact
 
 pytestmark = pytest.mark.integration
 
@@ -66,3 +67,65 @@ def test_replay_does_not_trust_a_partial_local_copy(
         view.close()
         local.clear()
         store.close()
+
+
+def test_task_back_mid_copy_sets_its_stale_copy_aside(
+    brokers: str, redis_urls: list[str], admin: Any, unique: Callable[..., str]
+) -> None:
+    """R1 -> R2 mid-copy, then back to R1: progressive from R2 with R1's old data
+    read last from its aside copy (not a replay), and the result is the newest."""
+    if len(redis_urls) < 2:
+        pytest.skip("needs 2 Redis servers (keyshift dev up --redis-instances 1)")
+    r1_url, r2_url = redis_urls[:2]
+    app = unique("app")
+    settings = Settings.build(app, brokers=brokers, state=r1_url, peers=(r2_url,))
+    changelog, locations_topic = f"{app}-s-changelog", f"{app}-state-locations"
+    create_topic(admin, changelog, 1, **{"cleanup.policy": "compact"})
+    create_topic(admin, locations_topic, 1, **{"cleanup.policy": "compact"})
+    r1, r2 = RedisStore(r1_url), RedisStore(r2_url)
+    old, new = r1.partition(app, "s", 0), r2.partition(app, "s", 0)
+    aside = r1.partition(app, "s", 0, aside=True)
+    # R1 owned the task: a, b, c. R2 took it over mid-copy: it has a newer "a" only.
+    e1 = old.claim("i1", 1)
+    old.commit({b"a": b"1", b"b": b"2", b"c": b"3"}, Stamp(10, 0, epoch=e1), e1)
+    e2 = new.claim("i2", e1 + 1)
+    old.claim("i2", e2)  # R2's copy fenced R1
+    new.commit({b"a": b"10"}, Stamp(20, 0, epoch=e2), e2)
+
+    view = LocationsView(locations_topic, control_consumer_config(settings),
+                         control_producer_config(settings))
+    view.publish(Location("s", 0, "i2", redact(r2_url), e2, complete=False,
+                          source=redact(r1_url)))
+    restore_consumer = Consumer(reader_config({"bootstrap.servers": brokers}, "t"))
+    restorer = Restorer(settings, r1, view, lambda: restore_consumer, "i1",
+                        lambda s: f"{app}-{s}-changelog")
+    try:
+        view.catch_up()
+        restored = restorer.open("s", 0)
+        assert restored.event.strategy == "progressive", restored.event.reason
+        assert "set aside" in restored.event.reason
+        copy = restored.copy
+        assert copy is not None
+        published = view.get("s", 0)
+        assert published is not None and not published.complete
+        assert published.source == redact(r2_url)
+        assert published.origins == (aside_of(redact(r1_url)),)
+        assert copy.fetch([b"a", b"b", b"zz"]) == [b"10", b"2", None]
+        while not copy.step():
+            pass
+        restorer.copy_finished("s", 0, restored)
+        assert {k: v for batch in old.scan() for k, v in batch} == {
+            b"a": b"10", b"b": b"2", b"c": b"3"}
+        assert aside.key_count() == 0 and new.key_count() == 0
+        stamp = old.read_stamp()
+        assert stamp is not None and stamp.input_offset == 20  # R2's, the newest
+        final = view.get("s", 0)
+        assert final is not None and final.complete and final.url == redact(r1_url)
+    finally:
+        restorer.close()
+        restore_consumer.close()
+        view.close()
+        for part in (old, new, aside):
+            part.clear()
+        r1.close()
+        r2.close()

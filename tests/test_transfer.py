@@ -405,3 +405,62 @@ def test_chain_of_three_sources(
         assert a.key_count() == b.key_count() == c.key_count() == 0
     finally:
         d.clear()
+
+
+def test_copy_back_to_a_set_aside_origin(backend_store: Store,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A -> B mid-copy, then back to A: A's stale data is set aside and read last."""
+    monkeypatch.setattr(transfer, "BATCH", SMALL_BATCH)
+    run = uuid.uuid4().hex[:12]
+    a = backend_store.partition(f"xfer-a-{run}", "s", 0)
+    b = backend_store.partition(f"xfer-b-{run}", "s", 0)
+    aside = backend_store.partition(f"xfer-a-{run}", "s", 0, aside=True)
+    try:
+        seed(a)
+        b_epoch = new_owner(a, b)
+        to_b, _ = ProgressiveCopy.begin(a, b, b_epoch, "b", resume=False)
+        to_b.step()
+        b.commit({b"k0": b"newer", b"fresh": b"1"}, Stamp(700, 90, {}, b_epoch), b_epoch)
+        to_b.forget([b"k9"])
+        b.drop_keys([b"k9"])
+        stale = everything(a)
+        assert stale[b"k0"] != b"newer" and b"k9" not in stale
+
+        a_epoch = a.claim("a", b.owner_epoch() + 1)
+        a.set_aside()
+        assert a.key_count() == 0 and everything(aside) == stale
+        assert a.owner_epoch() == a_epoch  # the fence stays on the live partition
+        copy, stamp = ProgressiveCopy.begin(b, a, a_epoch, "a", resume=False, origins=[aside])
+        assert stamp == Stamp(700, 90, {}, b_epoch)
+        with pytest.raises(FencedError):
+            b.commit({b"zombie": b"1"}, Stamp(1, 1, {}, b_epoch), b_epoch)
+        late = f"k{N - 1}".encode()
+        assert copy.fetch([b"k0", late, b"k9"]) == [b"newer", stale[late], None]
+        run_to_end(copy)
+        expected = {**data(), b"k0": b"newer", b"fresh": b"1"}
+        del expected[b"k9"]
+        assert everything(a) == expected
+        assert aside.key_count() == 0 and b.key_count() == 0
+    finally:
+        for part in (a, b, aside):
+            part.clear()
+
+
+def test_set_aside_replaces_an_older_aside_copy(backend_store: Store) -> None:
+    run = uuid.uuid4().hex[:12]
+    live = backend_store.partition(f"xfer-aside-{run}", "s", 0)
+    aside = backend_store.partition(f"xfer-aside-{run}", "s", 0, aside=True)
+    try:
+        epoch = live.claim("me")
+        live.commit({b"x": b"1", b"y": b"1"}, Stamp(1, 1, {}, epoch), epoch)
+        live.set_aside()
+        live.commit({b"x": b"2"}, Stamp(2, 2, {}, epoch), epoch)
+        live.set_aside()
+        assert everything(aside) == {b"x": b"2"}
+        assert live.key_count() == 0
+        assert live.read_stamp() == Stamp(2, 2, {}, epoch)  # the stamp is not moved
+        live.set_aside()  # nothing live: the aside copy is emptied, not kept stale
+        assert aside.key_count() == 0
+    finally:
+        live.clear()
+        aside.clear()

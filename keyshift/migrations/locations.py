@@ -21,6 +21,22 @@ from keyshift.retry import DEFAULT_RETRY
 
 log = logging.getLogger("keyshift.migrations.locations")
 
+#: Marks a chain entry that names a Redis's *aside copy* of the task's data
+#: (``StorePartition.set_aside``) instead of its live data.
+ASIDE = "#aside"
+
+
+def aside_of(url: str) -> str:
+    """The chain entry for ``url``'s aside copy."""
+    return url + ASIDE
+
+
+def split_aside(url: str) -> tuple[str, bool]:
+    """``(url without the marker, whether it names an aside copy)``."""
+    if url.endswith(ASIDE):
+        return url[: -len(ASIDE)], True
+    return url, False
+
 
 @dataclass(frozen=True, slots=True)
 class Location:
@@ -33,7 +49,8 @@ class Location:
     source: str | None = None
     updated_ms: int = 0
     #: During a chained copy: the earlier sources, newest first, holding the
-    #: keys that are not at ``source`` yet.
+    #: keys that are not at ``source`` yet (an entry ending in ``#aside`` names
+    #: that Redis's aside copy).
     origins: tuple[str, ...] = ()
 
     def key(self) -> bytes:

@@ -7,7 +7,9 @@
 * **progressive** transfer - another reachable Redis holds it: resume at once,
   fetch keys on demand, copy the rest in the background; when that Redis is
   itself mid-copy, the copy is *chained*: keys come from it first, then from
-  its own sources, newest first;
+  its own sources, newest first; when this instance's own Redis is one of
+  those sources (the task comes back mid-copy), its stale data is *set aside*
+  (an O(1) rename) and read as that source, so nothing is overwritten;
 * **replay** - nothing reachable holds it: clear what this instance's Redis
   holds for the task and rebuild it from the changelog.
 
@@ -21,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from keyshift.migrations.locations import Location
+from keyshift.migrations.locations import Location, aside_of, split_aside
 
 Strategy = Literal["handoff", "progressive", "stop-and-copy", "replay"]
 
@@ -33,8 +35,12 @@ class Plan:
     resume: bool = False
     clear_local: bool = False
     reason: str = ""
-    #: Chained copy: the source's own sources, newest first (connectable URLs).
+    #: Chained copy: the source's own sources, newest first (connectable URLs;
+    #: an entry ending in ``#aside`` names that Redis's aside copy).
     origin_urls: tuple[str, ...] = ()
+    #: Move this instance's data for the task aside first: it is one of the
+    #: (older) sources of the chain, read as ``<local>#aside``.
+    set_aside: bool = False
 
 
 def _replay(reason: str) -> Plan:
@@ -50,23 +56,29 @@ def _replay(reason: str) -> Plan:
 def _connect(
     location: Location, local_url: str, resolve: Callable[[str], str | None],
     reachable: Callable[[str], bool],
-) -> tuple[str, ...] | None:
+) -> tuple[tuple[str, ...], bool] | None:
     """Connectable URLs of the copy chain behind ``location`` (its source, then its
-    origins), or None if any link is missing.
+    origins), and whether this instance's data must be set aside; None if any
+    link is missing.
 
-    A chain through this instance's own Redis is refused too: its keys there are
-    older than the sources after it, and the copy would clear them at the end.
+    When this instance's own Redis is a link, its keys there are older than
+    the links before it: they are set aside and read from there. A chain that
+    already holds an aside copy of this Redis is refused (one aside slot).
     """
     urls = [location.source or "", *location.origins]
-    if local_url in urls:
-        return None
+    set_aside = local_url in urls
+    if set_aside:
+        if aside_of(local_url) in urls or location.url == local_url:
+            return None
+        urls = [aside_of(local_url) if url == local_url else url for url in urls]
     out = []
     for url in urls:
-        connect = url and resolve(url)
+        base, aside = split_aside(url)
+        connect = base and resolve(base)
         if not connect or not reachable(connect):
             return None
-        out.append(connect)
-    return tuple(out)
+        out.append(aside_of(connect) if aside else connect)
+    return tuple(out), set_aside
 
 
 def plan(
@@ -90,9 +102,10 @@ def plan(
     if location.url == local_url:
         if location.complete:
             return Plan("handoff", reason="state is already in this instance's Redis")
-        chain = _connect(location, local_url, resolve, reachable)
-        if chain is None:
+        connected = _connect(location, local_url, resolve, reachable)
+        if connected is None:
             return _replay("interrupted copy whose source is gone")
+        chain = connected[0]
         return Plan("progressive", chain[0], resume=True, origin_urls=chain[1:],
                     reason="finishing an interrupted progressive copy")
     if mode == "replay":
@@ -103,13 +116,17 @@ def plan(
     if not reachable(source):
         return _replay(f"{location.url} is unreachable")
     if not location.complete:
-        chain = None
+        connected = None
         if mode != "stop-and-copy":
-            chain = _connect(location, local_url, resolve, reachable)
-        if chain is None:
+            connected = _connect(location, local_url, resolve, reachable)
+        if connected is None:
             return _replay("the source itself holds an incomplete copy")
-        return Plan("progressive", source, origin_urls=chain,
-                    reason=f"chained: {location.url} is still copying from {location.source}")
+        chain, set_aside = connected
+        reason = f"chained: {location.url} is still copying from {location.source}"
+        if set_aside:
+            reason += "; this instance's older copy is set aside and read last"
+        return Plan("progressive", source, origin_urls=chain, set_aside=set_aside,
+                    reason=reason)
     if mode == "stop-and-copy":
         return Plan("stop-and-copy", source, reason="migration=stop-and-copy")
     return Plan("progressive", source, reason=f"state lives in {location.url}")

@@ -18,11 +18,11 @@ from confluent_kafka import Consumer
 from keyshift.config import Settings
 from keyshift.errors import StateError
 from keyshift.migrations.events import MigrationEvent, now_ms
-from keyshift.migrations.locations import Location, LocationsView
+from keyshift.migrations.locations import Location, LocationsView, split_aside
 from keyshift.migrations.planner import Plan, plan
 from keyshift.migrations.replay import replay_changelog
 from keyshift.migrations.transfer import ProgressiveCopy, stop_and_copy
-from keyshift.state.base import Store
+from keyshift.state.base import Store, StorePartition
 from keyshift.state.redis.store import RedisStore, redact
 from keyshift.state.table import Table
 
@@ -78,6 +78,11 @@ class Restorer:
             self._sources[url] = store
         return store
 
+    def _partition(self, url: str, store: str, partition: int) -> StorePartition:
+        """A source partition by chain URL (``#aside``: that Redis's aside copy)."""
+        base, aside = split_aside(url)
+        return self._source(base).partition(self.settings.app_id, store, partition, aside=aside)
+
     def reachable(self, url: str) -> bool:
         try:
             self._source(url).ping()
@@ -98,6 +103,8 @@ class Restorer:
         epoch = local.claim(self.instance, 0 if location is None else location.epoch + 1)
         if decision.clear_local:
             local.clear_data()
+        if decision.set_aside:
+            local.set_aside()
         event = MigrationEvent(
             app=app, store=store, partition=partition, strategy=decision.strategy,
             reason=decision.reason,
@@ -109,14 +116,13 @@ class Restorer:
         what = f"{store}[{partition}]"
         if decision.strategy == "stop-and-copy":
             assert decision.source_url is not None
-            source = self._source(decision.source_url).partition(app, store, partition)
+            source = self._partition(decision.source_url, store, partition)
             stamp, stats = stop_and_copy(source, local, epoch, self.instance, what=what)
             event.keys, event.bytes = stats.keys, stats.bytes
         elif decision.strategy == "progressive":
             assert decision.source_url is not None
-            source = self._source(decision.source_url).partition(app, store, partition)
-            origins = [self._source(url).partition(app, store, partition)
-                       for url in decision.origin_urls]
+            source = self._partition(decision.source_url, store, partition)
+            origins = [self._partition(url, store, partition) for url in decision.origin_urls]
             copy, stamp = ProgressiveCopy.begin(source, local, epoch, self.instance,
                                                 resume=decision.resume, what=what, origins=origins)
         else:

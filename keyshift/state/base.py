@@ -104,6 +104,15 @@ class StorePartition(Protocol):
         """Delete the data and the stamp, keeping the owner epoch."""
         ...
 
+    def set_aside(self) -> None:
+        """Move the data (not the stamp or epoch) to this partition's *aside copy*.
+
+        The aside copy replaces any earlier one and is opened with
+        ``Store.partition(..., aside=True)``; a chained copy reads it as one of
+        its older sources. Constant time on Redis (RENAME).
+        """
+        ...
+
     def drop_keys(self, keys: Sequence[bytes]) -> None:
         """Delete keys without fencing (used on a fenced migration source)."""
         ...
@@ -124,6 +133,7 @@ class Store(Protocol):
 
     url: str
 
-    def partition(self, app_id: str, store: str, partition: int) -> StorePartition: ...
+    def partition(self, app_id: str, store: str, partition: int, *,
+                  aside: bool = False) -> StorePartition: ...
 
     def close(self) -> None: ...

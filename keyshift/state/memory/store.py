@@ -14,6 +14,18 @@ class MemoryPartition:
         self.stamp: Stamp | None = None
         self.epoch = 0
         self.owner = ""
+        self._aside: MemoryPartition | None = None
+
+    @property
+    def aside(self) -> MemoryPartition:
+        """The aside copy (created on first use)."""
+        if self._aside is None:
+            self._aside = MemoryPartition()
+        return self._aside
+
+    def set_aside(self) -> None:
+        aside = self.aside
+        aside.data, self.data = self.data, {}
 
     def claim(self, owner: str, minimum: int = 0) -> int:
         self.epoch = max(self.epoch + 1, minimum)
@@ -80,8 +92,10 @@ class MemoryStore:
         self.url = url
         self._partitions: dict[tuple[str, str, int], MemoryPartition] = {}
 
-    def partition(self, app_id: str, store: str, partition: int) -> MemoryPartition:
-        return self._partitions.setdefault((app_id, store, partition), MemoryPartition())
+    def partition(self, app_id: str, store: str, partition: int, *,
+                  aside: bool = False) -> MemoryPartition:
+        main = self._partitions.setdefault((app_id, store, partition), MemoryPartition())
+        return main.aside if aside else main
 
     def close(self) -> None:
         return None

@@ -5,6 +5,8 @@ so a task's state lives in one slot)::
 
     ks:{a:s:p}:d   hash  key bytes -> orjson value bytes
     ks:{a:s:p}:m   hash  epoch, owner, stamp
+    ks:{a:s:p}:od  hash  data set aside (older values, read as a copy source)
+    ks:{a:s:p}:om  hash  the aside copy's epoch, owner
 
 A commit is a MULTI/EXEC of one or more script calls; every call first checks
 that no newer owner epoch holds the partition, writes its chunk of changes,
@@ -77,24 +79,38 @@ return redis.call('HLEN', KEYS[1])
 """
 
 
-def partition_keys(app_id: str, store: str, partition: int) -> tuple[str, str]:
-    """The data and meta key names of one store partition."""
+_SET_ASIDE = """
+redis.call('DEL', KEYS[2], KEYS[3])
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('RENAME', KEYS[1], KEYS[2])
+end
+return 1
+"""
+
+
+def partition_keys(app_id: str, store: str, partition: int, *,
+                   aside: bool = False) -> tuple[str, str]:
+    """The data and meta key names of one store partition (or of its aside copy)."""
     tag = f"ks:{{{app_id}:{store}:{partition}}}"
-    return f"{tag}:d", f"{tag}:m"
+    prefix = "o" if aside else ""
+    return f"{tag}:{prefix}d", f"{tag}:{prefix}m"
 
 
 class RedisPartition:
     def __init__(
         self,
         client: redis.Redis,
-        scripts: tuple[Any, Any, Any, Any],
+        scripts: tuple[Any, Any, Any, Any, Any],
         app_id: str,
         store: str,
         p: int,
+        aside: bool = False,
     ) -> None:
         self._r = client
-        self._script, self._copy_script, self._claim_script, self._restore_script = scripts
-        self.data_key, self.meta_key = partition_keys(app_id, store, p)
+        (self._script, self._copy_script, self._claim_script, self._restore_script,
+         self._aside_script) = scripts
+        self.data_key, self.meta_key = partition_keys(app_id, store, p, aside=aside)
+        self._aside_keys = partition_keys(app_id, store, p, aside=True)
 
     def claim(self, owner: str, minimum: int = 0) -> int:
         return int(self._claim_script(keys=[self.meta_key], args=[owner, minimum]))
@@ -171,6 +187,10 @@ class RedisPartition:
         for start in range(0, len(keys), CHUNK):
             self._r.hdel(self.data_key, *keys[start : start + CHUNK])
 
+    def set_aside(self) -> None:
+        """Move the data to the aside copy in O(1) (RENAME), replacing an older aside copy."""
+        self._aside_script(keys=[self.data_key, *self._aside_keys])
+
     def clear_data(self) -> None:
         pipe = self._r.pipeline(transaction=True)
         pipe.unlink(self.data_key)  # freed in the background: big hashes do not block
@@ -210,6 +230,7 @@ class RedisStore:
             self._r.register_script(_COPY_MISSING),
             self._r.register_script(_CLAIM),
             self._r.register_script(_RESTORE),
+            self._r.register_script(_SET_ASIDE),
         )
 
     def ping(self) -> None:
@@ -225,8 +246,9 @@ class RedisStore:
             "bytes": int(self._r.memory_usage(data_key) or 0),
         }
 
-    def partition(self, app_id: str, store: str, partition: int) -> RedisPartition:
-        return RedisPartition(self._r, self._scripts, app_id, store, partition)
+    def partition(self, app_id: str, store: str, partition: int, *,
+                  aside: bool = False) -> RedisPartition:
+        return RedisPartition(self._r, self._scripts, app_id, store, partition, aside)
 
     def close(self) -> None:
         self._r.close()
