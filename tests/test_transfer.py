@@ -427,7 +427,7 @@ def test_copy_back_to_a_set_aside_origin(backend_store: Store,
         assert stale[b"k0"] != b"newer" and b"k9" not in stale
 
         a_epoch = a.claim("a", b.owner_epoch() + 1)
-        a.set_aside()
+        assert a.set_aside("b@2")
         assert a.key_count() == 0 and everything(aside) == stale
         assert a.owner_epoch() == a_epoch  # the fence stays on the live partition
         copy, stamp = ProgressiveCopy.begin(b, a, a_epoch, "a", resume=False, origins=[aside])
@@ -453,14 +453,34 @@ def test_set_aside_replaces_an_older_aside_copy(backend_store: Store) -> None:
     try:
         epoch = live.claim("me")
         live.commit({b"x": b"1", b"y": b"1"}, Stamp(1, 1, {}, epoch), epoch)
-        live.set_aside()
+        assert live.set_aside("move-1")
         live.commit({b"x": b"2"}, Stamp(2, 2, {}, epoch), epoch)
-        live.set_aside()
+        assert live.set_aside("move-2")
         assert everything(aside) == {b"x": b"2"}
         assert live.key_count() == 0
         assert live.read_stamp() == Stamp(2, 2, {}, epoch)  # the stamp is not moved
-        live.set_aside()  # nothing live: the aside copy is emptied, not kept stale
-        assert aside.key_count() == 0
+        assert live.set_aside("move-3") is True  # nothing live: the old aside copy is
+        assert aside.key_count() == 0            # emptied, not read as this move's
+    finally:
+        live.clear()
+        aside.clear()
+
+
+def test_set_aside_retried_for_the_same_move_keeps_the_aside_copy(
+    backend_store: Store,
+) -> None:
+    """A restore that set data aside and then crashed before publishing its location
+    runs again for the same move: the aside copy must survive the retry."""
+    run = uuid.uuid4().hex[:12]
+    live = backend_store.partition(f"xfer-retry-{run}", "s", 0)
+    aside = backend_store.partition(f"xfer-retry-{run}", "s", 0, aside=True)
+    try:
+        epoch = live.claim("me")
+        live.commit(data(), Stamp(1, 1, {}, epoch), epoch)
+        assert live.set_aside("other@7")
+        aside.claim("me", epoch)  # the copy fences its sources, the aside copy too
+        assert live.set_aside("other@7") is False
+        assert everything(aside) == data() and live.key_count() == 0
     finally:
         live.clear()
         aside.clear()

@@ -104,7 +104,10 @@ class Restorer:
         if decision.clear_local:
             local.clear_data()
         if decision.set_aside:
-            local.set_aside()
+            assert location is not None
+            # Tagged by the move (the location it starts from): a retry of this
+            # restore after a crash keeps the aside copy instead of emptying it.
+            local.set_aside(f"{location.instance}@{location.epoch}")
         event = MigrationEvent(
             app=app, store=store, partition=partition, strategy=decision.strategy,
             reason=decision.reason,

@@ -104,12 +104,15 @@ class StorePartition(Protocol):
         """Delete the data and the stamp, keeping the owner epoch."""
         ...
 
-    def set_aside(self) -> None:
+    def set_aside(self, tag: str) -> bool:
         """Move the data (not the stamp or epoch) to this partition's *aside copy*.
 
         The aside copy replaces any earlier one and is opened with
         ``Store.partition(..., aside=True)``; a chained copy reads it as one of
-        its older sources. Constant time on Redis (RENAME).
+        its older sources. Constant time on Redis (RENAME). ``tag`` names the
+        move: when the aside copy was already made under the same tag (a
+        restore interrupted before its location was published, retried), it is
+        kept and nothing moves; returns whether data moved.
         """
         ...
 

@@ -15,6 +15,7 @@ class MemoryPartition:
         self.epoch = 0
         self.owner = ""
         self._aside: MemoryPartition | None = None
+        self.aside_tag: str | None = None
 
     @property
     def aside(self) -> MemoryPartition:
@@ -23,9 +24,13 @@ class MemoryPartition:
             self._aside = MemoryPartition()
         return self._aside
 
-    def set_aside(self) -> None:
+    def set_aside(self, tag: str) -> bool:
         aside = self.aside
+        if aside.aside_tag == tag:
+            return False
         aside.data, self.data = self.data, {}
+        aside.aside_tag = tag
+        return True
 
     def claim(self, owner: str, minimum: int = 0) -> int:
         self.epoch = max(self.epoch + 1, minimum)

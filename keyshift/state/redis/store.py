@@ -6,7 +6,8 @@ so a task's state lives in one slot)::
     ks:{a:s:p}:d   hash  key bytes -> orjson value bytes
     ks:{a:s:p}:m   hash  epoch, owner, stamp
     ks:{a:s:p}:od  hash  data set aside (older values, read as a copy source)
-    ks:{a:s:p}:om  hash  the aside copy's epoch, owner
+    ks:{a:s:p}:om  hash  the aside copy's epoch, owner, and the tag of the move
+                         that set it aside
 
 A commit is a MULTI/EXEC of one or more script calls; every call first checks
 that no newer owner epoch holds the partition, writes its chunk of changes,
@@ -80,10 +81,14 @@ return redis.call('HLEN', KEYS[1])
 
 
 _SET_ASIDE = """
+if redis.call('HGET', KEYS[3], 'tag') == ARGV[1] then
+  return 0
+end
 redis.call('DEL', KEYS[2], KEYS[3])
 if redis.call('EXISTS', KEYS[1]) == 1 then
   redis.call('RENAME', KEYS[1], KEYS[2])
 end
+redis.call('HSET', KEYS[3], 'tag', ARGV[1])
 return 1
 """
 
@@ -187,9 +192,10 @@ class RedisPartition:
         for start in range(0, len(keys), CHUNK):
             self._r.hdel(self.data_key, *keys[start : start + CHUNK])
 
-    def set_aside(self) -> None:
-        """Move the data to the aside copy in O(1) (RENAME), replacing an older aside copy."""
-        self._aside_script(keys=[self.data_key, *self._aside_keys])
+    def set_aside(self, tag: str) -> bool:
+        """Move the data to the aside copy in O(1) (RENAME), replacing an older one,
+        unless the aside copy was already made under ``tag``."""
+        return bool(self._aside_script(keys=[self.data_key, *self._aside_keys], args=[tag]))
 
     def clear_data(self) -> None:
         pipe = self._r.pipeline(transaction=True)
