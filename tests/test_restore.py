@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -23,15 +24,39 @@ pytestmark = pytest.mark.integration
 GONE = "redis://127.0.0.1:1/0"  # nothing listens on port 1
 
 
+def create_topics(admin: Any, app: str) -> str:
+    """The changelog of store "s" and the locations topic; returns the changelog's name."""
+    changelog = f"{app}-s-changelog"
+    for topic in (changelog, f"{app}-state-locations"):
+        create_topic(admin, topic, 1, **{"cleanup.policy": "compact"})
+    return changelog
+
+
+@contextmanager
+def restorer_for(settings: Settings, local: RedisStore,
+                 instance: str) -> Iterator[tuple[LocationsView, Restorer]]:
+    """A live locations view and a Restorer for ``instance``, closed afterwards."""
+    app = settings.app_id
+    view = LocationsView(f"{app}-state-locations", control_consumer_config(settings),
+                         control_producer_config(settings))
+    restore_consumer = Consumer(reader_config({"bootstrap.servers": settings.brokers}, "t"))
+    restorer = Restorer(settings, local, view, lambda: restore_consumer, instance,
+                        lambda s: f"{app}-{s}-changelog")
+    try:
+        yield view, restorer
+    finally:
+        restorer.close()
+        restore_consumer.close()
+        view.close()
+
+
 def test_replay_does_not_trust_a_partial_local_copy(
     brokers: str, redis_url: str, admin: Any, unique: Callable[..., str]
 ) -> None:
     """A copy cut short left keys missing here under a current stamp; replay rebuilds."""
     app = unique("app")
     settings = Settings.build(app, brokers=brokers, state=redis_url)
-    changelog, locations_topic = f"{app}-s-changelog", f"{app}-state-locations"
-    create_topic(admin, changelog, 1, **{"cleanup.policy": "compact"})
-    create_topic(admin, locations_topic, 1, **{"cleanup.policy": "compact"})
+    changelog = create_topics(admin, app)
 
     # The committed changelog: a=1, b=2, then the marker (offset 2).
     producer = Producer({"bootstrap.servers": brokers})
@@ -46,25 +71,18 @@ def test_replay_does_not_trust_a_partial_local_copy(
     epoch = local.claim("earlier-self", 2)
     local.commit({b"a": b"1"}, Stamp(10, 3, epoch=epoch), epoch)
 
-    view = LocationsView(locations_topic, control_consumer_config(settings),
-                         control_producer_config(settings))
-    # Last recorded owner: an instance whose Redis is gone.
-    view.publish(Location("s", 0, "gone-instance", GONE, epoch))
-    restore_consumer = Consumer(reader_config({"bootstrap.servers": brokers}, "t"))
-    restorer = Restorer(settings, store, view, lambda: restore_consumer, "me",
-                        lambda s: f"{app}-{s}-changelog")
     try:
-        view.catch_up()
-        restored = restorer.open("s", 0)
+        with restorer_for(settings, store, "me") as (view, restorer):
+            # Last recorded owner: an instance whose Redis is gone.
+            view.publish(Location("s", 0, "gone-instance", GONE, epoch))
+            view.catch_up()
+            restored = restorer.open("s", 0)
         assert restored.event.strategy == "replay"
         assert restored.event.tail_records == 3  # the whole changelog, not the tail
         assert local.get_many([b"a", b"b"]) == [b"1", b"2"]
         stamp = local.read_stamp()
         assert stamp is not None and (stamp.input_offset, stamp.changelog_offset) == (10, 3)
     finally:
-        restorer.close()
-        restore_consumer.close()
-        view.close()
         local.clear()
         store.close()
 
@@ -79,9 +97,7 @@ def test_task_back_mid_copy_sets_its_stale_copy_aside(
     r1_url, r2_url = redis_urls[:2]
     app = unique("app")
     settings = Settings.build(app, brokers=brokers, state=r1_url, peers=(r2_url,))
-    changelog, locations_topic = f"{app}-s-changelog", f"{app}-state-locations"
-    create_topic(admin, changelog, 1, **{"cleanup.policy": "compact"})
-    create_topic(admin, locations_topic, 1, **{"cleanup.policy": "compact"})
+    create_topics(admin, app)
     r1, r2 = RedisStore(r1_url), RedisStore(r2_url)
     old, new = r1.partition(app, "s", 0), r2.partition(app, "s", 0)
     aside = r1.partition(app, "s", 0, aside=True)
@@ -92,39 +108,32 @@ def test_task_back_mid_copy_sets_its_stale_copy_aside(
     old.claim("i2", e2)  # R2's copy fenced R1
     new.commit({b"a": b"10"}, Stamp(20, 0, epoch=e2), e2)
 
-    view = LocationsView(locations_topic, control_consumer_config(settings),
-                         control_producer_config(settings))
-    view.publish(Location("s", 0, "i2", redact(r2_url), e2, complete=False,
-                          source=redact(r1_url)))
-    restore_consumer = Consumer(reader_config({"bootstrap.servers": brokers}, "t"))
-    restorer = Restorer(settings, r1, view, lambda: restore_consumer, "i1",
-                        lambda s: f"{app}-{s}-changelog")
     try:
-        view.catch_up()
-        restored = restorer.open("s", 0)
-        assert restored.event.strategy == "progressive", restored.event.reason
-        assert "set aside" in restored.event.reason
-        copy = restored.copy
-        assert copy is not None
-        published = view.get("s", 0)
-        assert published is not None and not published.complete
-        assert published.source == redact(r2_url)
-        assert published.origins == (aside_of(redact(r1_url)),)
-        assert copy.fetch([b"a", b"b", b"zz"]) == [b"10", b"2", None]
-        while not copy.step():
-            pass
-        restorer.copy_finished("s", 0, restored)
+        with restorer_for(settings, r1, "i1") as (view, restorer):
+            view.publish(Location("s", 0, "i2", redact(r2_url), e2, complete=False,
+                                  source=redact(r1_url)))
+            view.catch_up()
+            restored = restorer.open("s", 0)
+            assert restored.event.strategy == "progressive", restored.event.reason
+            assert "set aside" in restored.event.reason
+            copy = restored.copy
+            assert copy is not None
+            published = view.get("s", 0)
+            assert published is not None and not published.complete
+            assert published.source == redact(r2_url)
+            assert published.origins == (aside_of(redact(r1_url)),)
+            assert copy.fetch([b"a", b"b", b"zz"]) == [b"10", b"2", None]
+            while not copy.step():
+                pass
+            restorer.copy_finished("s", 0, restored)
+            final = view.get("s", 0)
+            assert final is not None and final.complete and final.url == redact(r1_url)
         assert {k: v for batch in old.scan() for k, v in batch} == {
             b"a": b"10", b"b": b"2", b"c": b"3"}
         assert aside.key_count() == 0 and new.key_count() == 0
         stamp = old.read_stamp()
         assert stamp is not None and stamp.input_offset == 20  # R2's, the newest
-        final = view.get("s", 0)
-        assert final is not None and final.complete and final.url == redact(r1_url)
     finally:
-        restorer.close()
-        restore_consumer.close()
-        view.close()
         for part in (old, new, aside):
             part.clear()
         r1.close()

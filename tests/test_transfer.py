@@ -333,6 +333,16 @@ def third(backend_store: Store) -> Iterator[StorePartition]:
         part.clear()
 
 
+def half_copied(a: StorePartition, b: StorePartition) -> tuple[ProgressiveCopy, int]:
+    """A holds the task's state; B took it over and copied one batch. Returns
+    (A -> B copy, B's epoch)."""
+    seed(a)
+    b_epoch = new_owner(a, b)
+    copy, _ = ProgressiveCopy.begin(a, b, b_epoch, "b", resume=False)
+    copy.step()
+    return copy, b_epoch
+
+
 def test_chained_progressive_copy(
     pair: tuple[StorePartition, StorePartition], third: StorePartition,
     monkeypatch: pytest.MonkeyPatch,
@@ -340,10 +350,7 @@ def test_chained_progressive_copy(
     """B is still copying from A when C takes the task: C reads B first, then A."""
     monkeypatch.setattr(transfer, "BATCH", SMALL_BATCH)
     a, b = pair
-    seed(a)
-    b_epoch = new_owner(a, b)
-    first, _ = ProgressiveCopy.begin(a, b, b_epoch, "b", resume=False)
-    first.step()  # B holds part of the keys...
+    first, b_epoch = half_copied(a, b)  # B holds part of the keys...
     b.commit({b"k0": b"newer", b"fresh": b"1"}, Stamp(700, 90, {}, b_epoch), b_epoch)
     first.forget([b"k9"])  # ...and deleted one, at A too
     b.drop_keys([b"k9"])
@@ -378,10 +385,7 @@ def test_chain_of_three_sources(
     c = third
     d = backend_store.partition(f"xfer-fourth-{uuid.uuid4().hex[:12]}", "s", 0)
     try:
-        seed(a)
-        b_epoch = new_owner(a, b)
-        to_b, _ = ProgressiveCopy.begin(a, b, b_epoch, "b", resume=False)
-        to_b.step()
+        _, b_epoch = half_copied(a, b)
         b.commit({b"k1": b"at-b", b"k2": b"at-b"}, Stamp(700, 90, {}, b_epoch), b_epoch)
         c_epoch = c.claim("c", b.owner_epoch() + 1)
         to_c, _ = ProgressiveCopy.begin(b, c, c_epoch, "c", resume=False, origins=[a])
@@ -416,10 +420,7 @@ def test_copy_back_to_a_set_aside_origin(backend_store: Store,
     b = backend_store.partition(f"xfer-b-{run}", "s", 0)
     aside = backend_store.partition(f"xfer-a-{run}", "s", 0, aside=True)
     try:
-        seed(a)
-        b_epoch = new_owner(a, b)
-        to_b, _ = ProgressiveCopy.begin(a, b, b_epoch, "b", resume=False)
-        to_b.step()
+        to_b, b_epoch = half_copied(a, b)
         b.commit({b"k0": b"newer", b"fresh": b"1"}, Stamp(700, 90, {}, b_epoch), b_epoch)
         to_b.forget([b"k9"])
         b.drop_keys([b"k9"])
