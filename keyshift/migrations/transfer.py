@@ -90,7 +90,6 @@ class ProgressiveCopy:
 
     def __init__(self, source: StorePartition, target: StorePartition, epoch: int,
                  *, what: str = "", origins: Sequence[StorePartition] = ()) -> None:
-        self.source = source
         self.target = target
         self.epoch = epoch
         self.what = what
@@ -126,7 +125,8 @@ class ProgressiveCopy:
         return copy, stamp
 
     def fetch(self, keys: Sequence[bytes]) -> list[bytes | None]:
-        """Values of keys not yet local, from the source, in one round trip."""
+        """Values of keys not yet local: one round trip to the source, and one more to
+        each older source of a chain for the keys still missing."""
         if self.done or not keys:
             return [None] * len(keys)
         self.fetched += len(keys)
