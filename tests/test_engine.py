@@ -10,6 +10,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from confluent_kafka.admin import ConfigResource, ResourceType
 
 from kafkautil import (
     children,
@@ -68,23 +69,34 @@ def test_wordcount_end_to_end(
         state.update({k.decode(): orjson.loads(v) for k, v in raw.items()})
     assert state == expected
     changelog = f"{app_id}-counts-changelog"
-    configs = admin.describe_configs(
-        [__import__("confluent_kafka.admin", fromlist=["ConfigResource"]).ConfigResource(
-            "topic", changelog)]
-    )
+    configs = admin.describe_configs([ConfigResource("topic", changelog)])
     for future in configs.values():
         assert future.result()["cleanup.policy"].value == "compact"
     if guarantee == "exactly_once":
         _assert_strictly_increasing(brokers, sink)
+    if protocol == "consumer":
+        # The worker set its group's KIP-848 timeouts and turned off assignment batching.
+        futures = admin.describe_configs([ConfigResource(ResourceType.GROUP, app_id)])
+        group = {k: e.value for f in futures.values() for k, e in f.result().items()}
+        assert group["consumer.assignment.interval.ms"] == "0"
+        assert group["consumer.session.timeout.ms"] == "10000"
+        assert group["consumer.heartbeat.interval.ms"] == "250"
+        assert "group configs set" in (tmp_path / "worker.log").read_text()
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("guarantee", GUARANTEES)
-def test_kill9_worker_mid_stream(guarantee, brokers, admin, unique, tmp_path: Path):
+@pytest.mark.parametrize(
+    ("guarantee", "protocol"),
+    [("at_least_once", "classic"), ("exactly_once", "classic"), ("exactly_once", "consumer")],
+)
+def test_kill9_worker_mid_stream(guarantee, protocol, brokers, admin, unique, tmp_path: Path):
+    """Exact counts after a kill -9, also under KIP-848 (where the dead member's
+    partitions move once the group session timeout keyshift set has passed)."""
     app_id, source, sink = unique("crash"), unique("sentences"), unique("counts")
     create_topic(admin, source, 6)
     data = sentences(20000)
-    ref = write_app(tmp_path, "crashapp", app_id, source, sink, guarantee)
+    ref = write_app(tmp_path, "crashapp", app_id, source, sink, guarantee,
+                    group_protocol=protocol)
     sup = spawn(keyshift_cmd("run", ref, "--instances", "2"), tmp_path, tmp_path / "run.log")
     producer = threading.Thread(
         target=produce_json, args=(brokers, source, data), kwargs={"rate": 2500}

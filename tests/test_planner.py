@@ -255,6 +255,14 @@ def test_record_first_computes_pause_once() -> None:
     assert ev.first_record_ms == 1_250 and ev.pause_ms == 250
 
 
+def test_record_received_splits_resume_into_fetch_and_processing() -> None:
+    ev = event(assigned_ms=1_000, previous_commit_ms=600)
+    ev.record_received(1_030)
+    ev.record_received(1_090)  # only the first batch counts
+    ev.record_first(1_100)
+    assert (ev.fetch_ms, ev.resume_ms, ev.pause_ms) == (30, 100, 500)
+
+
 def test_record_first_without_previous_commit_has_no_pause() -> None:
     ev = event()
     ev.record_first(5_000)

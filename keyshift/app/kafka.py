@@ -15,10 +15,18 @@ from confluent_kafka import (
     Message,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewTopic,
+    OffsetSpec,
+    ResourceType,
+)
 
 from keyshift.config import Settings
-from keyshift.errors import BrokerError, TopologyError
+from keyshift.errors import BrokerError, ConfigError, TopologyError
 from keyshift.operators.topology import Topology
 from keyshift.polling import consume_available
 from keyshift.retry import DEFAULT_RETRY, Retry
@@ -30,6 +38,64 @@ _CONSUMER_ONLY_CLASSIC = (
     "session.timeout.ms",
     "heartbeat.interval.ms",
 )
+
+
+#: The group session timeout and heartbeat interval keyshift asks for, unless the
+#: ``session.timeout.ms`` / ``heartbeat.interval.ms`` Kafka settings override them.
+#: Fast heartbeats: members learn of a rebalance within ~250 ms, which bounds the
+#: pause of each rebalance round.
+SESSION_TIMEOUT_MS = 10_000
+HEARTBEAT_INTERVAL_MS = 250
+
+
+def group_timeouts(settings: Settings) -> tuple[int, int]:
+    """``(session timeout ms, heartbeat interval ms)`` of this app's consumer group."""
+    values = []
+    for key, default in (("session.timeout.ms", SESSION_TIMEOUT_MS),
+                         ("heartbeat.interval.ms", HEARTBEAT_INTERVAL_MS)):
+        raw = settings.kafka.get(key, default)
+        try:
+            values.append(int(raw))
+        except ValueError:
+            raise ConfigError(f"kafka.{key}", f"{raw!r} is not an integer") from None
+    return values[0], values[1]
+
+
+def consumer_group_configs(settings: Settings) -> dict[str, str]:
+    """Group configs (KIP-848, ``group.protocol=consumer``) keyshift sets on its group.
+
+    Under KIP-848 the coordinator, not the client, owns the session timeout and the
+    heartbeat interval, so keyshift asks for the same values it gives the classic
+    protocol. ``consumer.assignment.interval.ms=0`` turns off assignment batching
+    (Kafka 4.3+, KIP-1263, 1 s by default): every assignment change moves state, and
+    batching only adds to each move's pause.
+    """
+    session, heartbeat = group_timeouts(settings)
+    return {
+        "consumer.assignment.interval.ms": "0",
+        "consumer.session.timeout.ms": str(session),
+        "consumer.heartbeat.interval.ms": str(heartbeat),
+    }
+
+
+def apply_group_configs(
+    admin: AdminClient, group: str, configs: dict[str, str], timeout_s: float = 10.0
+) -> dict[str, str]:
+    """Set each group config in its own request, so one the broker refuses (outside
+    its ``group.consumer.min/max.*`` bounds, unknown to an older broker, not
+    authorized) does not block the others. Returns the refused ones with the
+    broker's reason; a refused config keeps the broker's value."""
+    refused: dict[str, str] = {}
+    for key, value in configs.items():
+        entry = ConfigEntry(key, value, incremental_operation=AlterConfigOpType.SET)
+        resource = ConfigResource(ResourceType.GROUP, group, incremental_configs=[entry])
+        try:
+            for future in admin.incremental_alter_configs([resource],
+                                                          request_timeout=timeout_s).values():
+                future.result()
+        except KafkaException as exc:
+            refused[key] = str(exc.args[0].str() if exc.args else exc)
+    return refused
 
 
 def producer_config(settings: Settings, transactional_id: str | None) -> dict[str, object]:
@@ -64,10 +130,7 @@ def consumer_config(settings: Settings) -> dict[str, object]:
     }
     if settings.group_protocol == "classic":
         config["partition.assignment.strategy"] = "cooperative-sticky"
-        config["session.timeout.ms"] = 10_000
-        # Fast heartbeats: members learn of a rebalance within ~250 ms, which
-        # bounds the pause of each cooperative rebalance round.
-        config["heartbeat.interval.ms"] = 250
+        config["session.timeout.ms"], config["heartbeat.interval.ms"] = group_timeouts(settings)
     if settings.instance_id and settings.static_membership:
         config["group.instance.id"] = settings.instance_id
     config.update(settings.client_config())

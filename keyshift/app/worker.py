@@ -39,10 +39,13 @@ from confluent_kafka.admin import AdminClient
 
 from keyshift.app.kafka import (
     TopicManager,
+    apply_group_configs,
     consumer_config,
+    consumer_group_configs,
     control_consumer_config,
     control_producer_config,
     end_offsets,
+    group_timeouts,
     producer_config,
     restore_consumer_config,
 )
@@ -140,11 +143,12 @@ class Worker:
             settings, self._store, self._locations, self._restore_consumer, self.instance,
             topology.changelog_topic,
         )
-        cconf = consumer_config(settings)
+        if settings.group_protocol == "consumer":
+            self._apply_group_configs()
         # A pause this long (process stopped, long GC, VM freeze) may have cost the
         # group session: verify task ownership before touching state again.
-        self._stall_s = float(str(cconf.get("session.timeout.ms", 45_000))) / 2000
-        self._consumer = Consumer(cconf)
+        self._stall_s = group_timeouts(settings)[0] / 2000
+        self._consumer = Consumer(consumer_config(settings))
         self._consumer.subscribe(
             list(self._subs),
             on_assign=self._on_assign,
@@ -157,6 +161,22 @@ class Worker:
             extra={"app": settings.app_id, "instance": self.instance,
                    "guarantee": settings.guarantee, "topics": ",".join(self._subs)},
         )
+
+    def _apply_group_configs(self) -> None:
+        assert self._admin is not None
+        configs = consumer_group_configs(self.settings)
+        refused = apply_group_configs(self._admin, self.settings.app_id, configs)
+        for key, reason in refused.items():
+            log.warning(
+                "group config refused by the broker; its own value applies",
+                extra={"group": self.settings.app_id, "config": key,
+                       "value": configs[key], "error": reason},
+            )
+        applied = {k: v for k, v in configs.items() if k not in refused}
+        if applied:
+            log.info("group configs set",
+                     extra={"group": self.settings.app_id,
+                            "configs": ",".join(f"{k}={v}" for k, v in applied.items())})
 
     def loop(self) -> None:
         assert self._consumer is not None and self._producer is not None
@@ -253,6 +273,10 @@ class Worker:
                 groups[key] = [msg]
             else:
                 group.append(msg)
+        received_ms = now_ms()
+        for key in groups:
+            for restored in self._restored.get(key, ()):
+                restored.event.record_received(received_ms)
         # Newly assigned tasks first: their first record ends a migration's pause.
         for key in sorted(groups, key=lambda k: k not in self._restored):
             group = groups[key]

@@ -88,7 +88,14 @@ def server_properties(node: KafkaNode, nodes: Sequence[KafkaNode], data_dir: Pat
         # KIP-848 (group.protocol=consumer): heartbeats drive assignment changes,
         # so a short interval shortens every migration's pause (default 5 s).
         ("group.consumer.min.heartbeat.interval.ms", 250),
-        ("group.consumer.heartbeat.interval.ms", 500),
+        ("group.consumer.heartbeat.interval.ms", 250),
+        # Kafka 4.3+ batches target-assignment updates (KIP-1263, default 1 s),
+        # which adds up to a second to every move; compute them at once instead.
+        ("group.consumer.assignment.interval.ms", 0),
+        # KIP-848's session timeout is the broker's (default 45 s, and no lower):
+        # allow classic's 10 s so a kill -9 fails over as fast under both protocols.
+        ("group.consumer.min.session.timeout.ms", 6000),
+        ("group.consumer.session.timeout.ms", 10000),
         ("auto.create.topics.enable", "false"),
         ("delete.topic.enable", "true"),
         ("log.retention.hours", 24),

@@ -23,7 +23,8 @@ class MigrationEvent:
 
     ``pause_ms``: last commit of the previous owner -> first record processed
     here (includes the group rebalance). ``resume_ms``: assignment -> first
-    record processed (the part keyshift adds beyond the rebalance).
+    record processed (the part keyshift adds beyond the rebalance), of which
+    ``fetch_ms`` is assignment -> first record received from Kafka.
     ``duration_ms``: assignment -> state fully local.
     """
 
@@ -44,6 +45,7 @@ class MigrationEvent:
     tail_records: int = 0
     pause_ms: int | None = None
     resume_ms: int | None = None
+    fetch_ms: int | None = None
     duration_ms: int | None = None
     first_record_ms: int | None = None
     emitted: bool = False
@@ -51,6 +53,10 @@ class MigrationEvent:
     @property
     def task(self) -> str:
         return f"{self.store}[{self.partition}]"
+
+    def record_received(self, when_ms: int) -> None:
+        if self.fetch_ms is None:
+            self.fetch_ms = max(0, when_ms - self.assigned_ms)
 
     def record_first(self, when_ms: int) -> None:
         if self.first_record_ms is None:
