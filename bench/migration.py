@@ -221,6 +221,8 @@ def run_strategy(strategy: str, args: argparse.Namespace, urls: list[str], share
         "used": sorted({e["strategy"] for e in moved}),
         "max_pause_ms": max((e["pause_ms"] or 0 for e in moved), default=0),
         "max_resume_ms": max((e.get("resume_ms") or 0 for e in moved), default=0),
+        "p50_pause_ms": pct([float(e["pause_ms"] or 0) for e in moved], 0.5),
+        "p50_resume_ms": pct([float(e.get("resume_ms") or 0) for e in moved], 0.5),
         "p50_steady": pct(steady, 0.5), "p99_steady": pct(steady, 0.99),
         "p50_migr": pct(during, 0.5), "p99_migr": pct(during, 0.99),
         "duration_s": max((e["duration_ms"] or 0 for e in moved), default=0) / 1000,
@@ -270,6 +272,9 @@ def main() -> None:
               f"{r['p50_steady']:>10.0f}/{r['p99_steady']:<9.0f}"
               f"{r['p50_migr']:>8.0f}/{r['p99_migr']:<9.0f}{r['duration_s']:>12.2f}"
               f"{r['keys_per_s']:>10.0f}{'yes' if r['exact'] else 'NO':>7}")
+    for r in rows:
+        print(f"{r['strategy']}: per move, median pause {r['p50_pause_ms']:.0f} ms, "
+              f"median after assignment {r['p50_resume_ms']:.0f} ms")
     by = {r["strategy"]: r for r in rows}
     if "replay" in by:
         for s in ("progressive", "handoff"):

@@ -40,3 +40,5 @@ def test_migration_benchmark_smoke(brokers: str, tmp_path: Path) -> None:
     for strategy, cells in rows.items():
         assert cells[-1] == "yes", f"{strategy}: final values not exact\n{out}"
         assert int(cells[1]) > 0, f"{strategy}: no partition moved\n{out}"
+    for strategy in strategies:
+        assert f"{strategy}: per move, median pause " in out, out
