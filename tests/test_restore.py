@@ -17,7 +17,7 @@ from keyshift.migrations.restore import Restorer
 from keyshift.state.base import Stamp
 from keyshift.state.changelog import MARKER_KEY
 from keyshift.state.redis import RedisStore
-from keyshift.state.redis.store import redact
+from keyshift.state.redis.store import partition_keys, redact
 
 pytestmark = pytest.mark.integration
 
@@ -114,6 +114,8 @@ def test_task_back_mid_copy_sets_its_stale_copy_aside(
                                   source=redact(r1_url)))
             view.catch_up()
             restored = restorer.open("s", 0)
+            restorer.flush()  # the chain reads the aside copy: it stays
+            assert aside.key_count() == 3
             assert restored.event.strategy == "progressive", restored.event.reason
             assert "set aside" in restored.event.reason
             copy = restored.copy
@@ -138,3 +140,40 @@ def test_task_back_mid_copy_sets_its_stale_copy_aside(
             part.clear()
         r1.close()
         r2.close()
+
+
+def test_an_aside_copy_no_chain_reads_is_dropped_once_the_location_is_durable(
+    brokers: str, redis_url: str, redis_client: Any, admin: Any, unique: Callable[..., str]
+) -> None:
+    """An aside copy left by an abandoned chain goes when the task is restored here
+    without it, after (never before) the new location is flushed."""
+    app = unique("app")
+    settings = Settings.build(app, brokers=brokers, state=redis_url)
+    create_topics(admin, app)
+    store = RedisStore(redis_url)
+    local, aside = store.partition(app, "s", 0), store.partition(app, "s", 0, aside=True)
+    epoch = local.claim("i1", 1)
+    local.commit({b"a": b"1", b"b": b"2"}, Stamp(10, 0, epoch=epoch), epoch)
+    assert local.set_aside("abandoned@1")
+    try:
+        with restorer_for(settings, store, "me") as (view, restorer):
+            # The task went on to an instance whose Redis is gone: replay, no chain.
+            view.publish(Location("s", 0, "gone-instance", GONE, epoch + 1))
+            view.catch_up()
+            restored = restorer.open("s", 0)
+            assert restored.event.strategy == "replay"
+            assert aside.key_count() == 2  # not before the flush
+            restorer.flush()
+            published = view.get("s", 0)
+            assert published is not None and published.instance == "me"
+        assert aside.key_count() == 0
+        assert redis_client.exists(*partition_keys(app, "s", 0, aside=True)) == 0
+        # A later set-aside under the same tag is not mistaken for a retry.
+        local.commit({b"c": b"3"}, Stamp(11, 0, epoch=restored.table.epoch),
+                     restored.table.epoch)
+        assert local.set_aside("abandoned@1")
+        assert aside.key_count() == 1
+    finally:
+        local.clear()
+        aside.clear()
+        store.close()

@@ -485,3 +485,23 @@ def test_set_aside_retried_for_the_same_move_keeps_the_aside_copy(
     finally:
         live.clear()
         aside.clear()
+
+
+def test_a_cleared_aside_copy_forgets_its_move(backend_store: Store) -> None:
+    """Dropping a stale aside copy (Restorer.flush) also drops its tag, so a later
+    set-aside under the same tag moves data instead of being taken for a retry."""
+    run = uuid.uuid4().hex[:12]
+    live = backend_store.partition(f"xfer-drop-{run}", "s", 0)
+    aside = backend_store.partition(f"xfer-drop-{run}", "s", 0, aside=True)
+    try:
+        epoch = live.claim("me")
+        live.commit(data(), Stamp(1, 1, {}, epoch), epoch)
+        assert live.set_aside("other@7")
+        aside.clear()
+        assert aside.key_count() == 0
+        live.commit({b"k": b"v"}, Stamp(2, 2, {}, epoch), epoch)
+        assert live.set_aside("other@7")
+        assert everything(aside) == {b"k": b"v"}
+    finally:
+        live.clear()
+        aside.clear()

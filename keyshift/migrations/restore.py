@@ -61,6 +61,8 @@ class Restorer:
         )
         self._peers = {redact(u): u for u in (*settings.peers, settings.state)}
         self._sources: dict[str, RedisStore] = {}
+        #: Tasks whose aside copy in the local Redis no chain reads any more.
+        self._stale_asides: list[tuple[str, int]] = []
 
     # -- source resolution --------------------------------------------------------
     def resolve(self, url: str) -> str | None:
@@ -103,6 +105,8 @@ class Restorer:
         epoch = local.claim(self.instance, 0 if location is None else location.epoch + 1)
         if decision.clear_local:
             local.clear_data()
+        if not decision.set_aside and not self._reads_local_aside(decision):
+            self._stale_asides.append((store, partition))
         if decision.set_aside:
             assert location is not None
             # Tagged by the move (the location it starts from): a retry of this
@@ -155,9 +159,25 @@ class Restorer:
                                              "tail_records": result.records})
         return Restored(table, event, copy)
 
+    def _reads_local_aside(self, decision: Plan) -> bool:
+        for url in (decision.source_url, *decision.origin_urls):
+            if url is not None:
+                base, aside = split_aside(url)
+                if aside and redact(base) == self.local_url:
+                    return True
+        return False
+
     def flush(self) -> None:
-        """Make the locations published by :meth:`open` durable (once per assignment)."""
+        """Make the locations published by :meth:`open` durable (once per assignment),
+        then delete the local aside copies of those tasks that no chain reads any
+        more (left by a chain that was abandoned or superseded). Only after the
+        flush: until the new locations are durable, a retried restore may still
+        plan from the old one, whose chain may read the aside copy."""
         self.locations.flush()
+        app = self.settings.app_id
+        for store, partition in self._stale_asides:
+            self.local.partition(app, store, partition, aside=True).clear()
+        self._stale_asides.clear()
 
     def copy_finished(self, store: str, partition: int, restored: Restored) -> None:
         """Record that a progressive copy completed."""

@@ -90,6 +90,7 @@ class MemoryPartition:
         self.data.clear()
         self.stamp = None
         self.epoch = 0
+        self.aside_tag = None
 
 
 class MemoryStore:

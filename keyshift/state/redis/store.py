@@ -216,7 +216,7 @@ class RedisPartition:
         return int(self._r.hlen(self.data_key))
 
     def clear(self) -> None:
-        self._r.delete(self.data_key, self.meta_key)
+        self._r.unlink(self.data_key, self.meta_key)
 
 
 class RedisStore:
