@@ -86,14 +86,16 @@ def server_properties(node: KafkaNode, nodes: Sequence[KafkaNode], data_dir: Pat
         ("share.coordinator.state.topic.min.isr", min_isr),
         ("group.initial.rebalance.delay.ms", 0),
         # KIP-848 (group.protocol=consumer): heartbeats drive assignment changes,
-        # so a short interval shortens every migration's pause (default 5 s).
-        ("group.consumer.min.heartbeat.interval.ms", 250),
+        # so a short interval shortens every migration's pause (default 5 s, and
+        # no group may go below 5 s). Workers set 250 ms as a group config; down
+        # to 100 ms is allowed for experiments.
+        ("group.consumer.min.heartbeat.interval.ms", 100),
         ("group.consumer.heartbeat.interval.ms", 250),
         # Kafka 4.3+ batches target-assignment updates (KIP-1263, default 1 s),
-        # which adds up to a second to every move; compute them at once instead.
+        # which adds up to a second to many moves; compute them at once instead.
         ("group.consumer.assignment.interval.ms", 0),
-        # KIP-848's session timeout is the broker's (default 45 s, and no lower):
-        # allow classic's 10 s so a kill -9 fails over as fast under both protocols.
+        # A group's session timeout may not go below this (default 45 s): allow
+        # the 10 s workers set, so a kill -9 fails over as fast as under classic.
         ("group.consumer.min.session.timeout.ms", 6000),
         ("group.consumer.session.timeout.ms", 10000),
         ("auto.create.topics.enable", "false"),
