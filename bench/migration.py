@@ -111,6 +111,19 @@ class LatencyProbe(threading.Thread):
         self.c.close()
 
 
+def covered_ms(intervals: list[tuple[int, int]]) -> int:
+    """Total length of the union of [start, end] intervals."""
+    total, reach = 0, None
+    for start, end in sorted(intervals):
+        if reach is None or start > reach:
+            total += end - start
+            reach = end
+        elif end > reach:
+            total += end - reach
+            reach = end
+    return total
+
+
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -214,7 +227,11 @@ def run_strategy(strategy: str, args: argparse.Namespace, urls: list[str], share
     steady = [lat for t, lat in probe.samples if t < steady_end]
     during = [lat for t, lat in probe.samples if any(a <= t <= b for a, b in windows)]
     keys_moved = sum(int(e["keys"]) for e in moved)
-    move_seconds = sum((e["duration_ms"] or 0) for e in moved) / 1000
+    # Wall-clock time during which some copy ran: progressive copies of one
+    # assignment run side by side, so summing their durations would understate
+    # the rate by that concurrency.
+    move_seconds = covered_ms([(e["assigned_ms"], e["assigned_ms"] + (e["duration_ms"] or 0))
+                               for e in moved if e["keys"]]) / 1000
     return {
         "strategy": strategy,
         "moves": len(moved),
