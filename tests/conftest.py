@@ -133,6 +133,14 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture
+def no_keyshift_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test must not see KEYSHIFT_* variables of the environment it runs in."""
+    for name in list(os.environ):
+        if name.startswith("KEYSHIFT_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
 def unique(request: pytest.FixtureRequest) -> Callable[..., str]:
     """``unique(prefix="t")`` -> ``"<prefix>-<testname>-<uuid8>"``, a legal topic/app name."""
     test = re.sub(r"[^A-Za-z0-9._-]+", "-", request.node.name).strip("-")[:60]

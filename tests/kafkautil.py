@@ -14,7 +14,7 @@ from pathlib import Path
 
 import orjson
 from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
 from keyshift.app.kafka import read_topic as keyshift_read_topic
 
@@ -25,6 +25,12 @@ def create_topic(admin: AdminClient, name: str, partitions: int, **config: str) 
     futures = admin.create_topics([NewTopic(name, num_partitions=partitions, config=config)])
     for future in futures.values():
         future.result(30)
+
+
+def group_config(admin: AdminClient, group: str) -> dict[str, str]:
+    """A consumer group's configs (KIP-848 group configs), by name."""
+    futures = admin.describe_configs([ConfigResource(ResourceType.GROUP, group)])
+    return {name: entry.value for f in futures.values() for name, entry in f.result().items()}
 
 
 def sentences(n: int, start: int = 0) -> list[str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import pytest
@@ -11,15 +10,7 @@ from keyshift import Settings
 from keyshift.config import DEFAULT_BROKERS, DEFAULT_STATE, kafka_overrides_from_env
 from keyshift.errors import ConfigError, KeyshiftError
 
-pytestmark = pytest.mark.unit
-
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tests must not see KEYSHIFT_* variables of the environment they run in."""
-    for name in list(os.environ):
-        if name.startswith("KEYSHIFT_"):
-            monkeypatch.delenv(name)
+pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("no_keyshift_env")]
 
 
 def test_defaults() -> None:

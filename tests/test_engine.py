@@ -10,13 +10,14 @@ from pathlib import Path
 
 import orjson
 import pytest
-from confluent_kafka.admin import ConfigResource, ResourceType
+from confluent_kafka.admin import ConfigResource
 
 from kafkautil import (
     children,
     create_topic,
     expected_counts,
     final_counts,
+    group_config,
     keyshift_cmd,
     produce_json,
     read_topic,
@@ -76,8 +77,7 @@ def test_wordcount_end_to_end(
         _assert_strictly_increasing(brokers, sink)
     if protocol == "consumer":
         # The worker set its group's KIP-848 timeouts and turned off assignment batching.
-        futures = admin.describe_configs([ConfigResource(ResourceType.GROUP, app_id)])
-        group = {k: e.value for f in futures.values() for k, e in f.result().items()}
+        group = group_config(admin, app_id)
         assert group["consumer.assignment.interval.ms"] == "0"
         assert group["consumer.session.timeout.ms"] == "10000"
         assert group["consumer.heartbeat.interval.ms"] == "250"

@@ -3,12 +3,11 @@ keyshift sets on a real broker."""
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import pytest
-from confluent_kafka.admin import ConfigResource, ResourceType
 
+from kafkautil import group_config
 from keyshift import Settings
 from keyshift.app.kafka import (
     apply_group_configs,
@@ -18,17 +17,7 @@ from keyshift.app.kafka import (
 )
 from keyshift.errors import ConfigError
 
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("KEYSHIFT_"):
-            monkeypatch.delenv(name)
-
-
-def group_config(admin: Any, group: str) -> dict[str, str]:
-    futures = admin.describe_configs([ConfigResource(ResourceType.GROUP, group)])
-    return {name: entry.value for f in futures.values() for name, entry in f.result().items()}
+pytestmark = pytest.mark.usefixtures("no_keyshift_env")
 
 
 @pytest.mark.unit

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 
 import orjson
@@ -447,11 +448,21 @@ def test_copy_back_to_a_set_aside_origin(backend_store: Store,
             part.clear()
 
 
-def test_set_aside_replaces_an_older_aside_copy(backend_store: Store) -> None:
-    run = uuid.uuid4().hex[:12]
-    live = backend_store.partition(f"xfer-aside-{run}", "s", 0)
-    aside = backend_store.partition(f"xfer-aside-{run}", "s", 0, aside=True)
+@contextmanager
+def live_and_aside(store: Store, prefix: str) -> Iterator[tuple[StorePartition, StorePartition]]:
+    """A fresh partition and its aside copy, both cleared afterwards."""
+    app = f"{prefix}-{uuid.uuid4().hex[:12]}"
+    live = store.partition(app, "s", 0)
+    aside = store.partition(app, "s", 0, aside=True)
     try:
+        yield live, aside
+    finally:
+        live.clear()
+        aside.clear()
+
+
+def test_set_aside_replaces_an_older_aside_copy(backend_store: Store) -> None:
+    with live_and_aside(backend_store, "xfer-aside") as (live, aside):
         epoch = live.claim("me")
         live.commit({b"x": b"1", b"y": b"1"}, Stamp(1, 1, {}, epoch), epoch)
         assert live.set_aside("move-1")
@@ -462,9 +473,6 @@ def test_set_aside_replaces_an_older_aside_copy(backend_store: Store) -> None:
         assert live.read_stamp() == Stamp(2, 2, {}, epoch)  # the stamp is not moved
         assert live.set_aside("move-3") is True  # nothing live: the old aside copy is
         assert aside.key_count() == 0            # emptied, not read as this move's
-    finally:
-        live.clear()
-        aside.clear()
 
 
 def test_set_aside_retried_for_the_same_move_keeps_the_aside_copy(
@@ -472,28 +480,19 @@ def test_set_aside_retried_for_the_same_move_keeps_the_aside_copy(
 ) -> None:
     """A restore that set data aside and then crashed before publishing its location
     runs again for the same move: the aside copy must survive the retry."""
-    run = uuid.uuid4().hex[:12]
-    live = backend_store.partition(f"xfer-retry-{run}", "s", 0)
-    aside = backend_store.partition(f"xfer-retry-{run}", "s", 0, aside=True)
-    try:
+    with live_and_aside(backend_store, "xfer-retry") as (live, aside):
         epoch = live.claim("me")
         live.commit(data(), Stamp(1, 1, {}, epoch), epoch)
         assert live.set_aside("other@7")
         aside.claim("me", epoch)  # the copy fences its sources, the aside copy too
         assert live.set_aside("other@7") is False
         assert everything(aside) == data() and live.key_count() == 0
-    finally:
-        live.clear()
-        aside.clear()
 
 
 def test_a_cleared_aside_copy_forgets_its_move(backend_store: Store) -> None:
     """Dropping a stale aside copy (Restorer.flush) also drops its tag, so a later
     set-aside under the same tag moves data instead of being taken for a retry."""
-    run = uuid.uuid4().hex[:12]
-    live = backend_store.partition(f"xfer-drop-{run}", "s", 0)
-    aside = backend_store.partition(f"xfer-drop-{run}", "s", 0, aside=True)
-    try:
+    with live_and_aside(backend_store, "xfer-drop") as (live, aside):
         epoch = live.claim("me")
         live.commit(data(), Stamp(1, 1, {}, epoch), epoch)
         assert live.set_aside("other@7")
@@ -502,6 +501,3 @@ def test_a_cleared_aside_copy_forgets_its_move(backend_store: Store) -> None:
         live.commit({b"k": b"v"}, Stamp(2, 2, {}, epoch), epoch)
         assert live.set_aside("other@7")
         assert everything(aside) == {b"k": b"v"}
-    finally:
-        live.clear()
-        aside.clear()
