@@ -26,6 +26,7 @@ from keyshift.errors import KeyshiftError
 log = logging.getLogger("keyshift.supervisor")
 
 STOP_GRACE_S = 60.0
+STACK_DUMP_WAIT_S = 0.5
 RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
 
 
@@ -147,7 +148,12 @@ class Supervisor:
             try:
                 slot.proc.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                log.warning("worker did not stop in time; killing", extra={"pid": slot.proc.pid})
+                # Workers dump every thread's stack on SIGUSR1 (faulthandler, to their
+                # log): where a stuck worker hangs is then on record before the kill.
+                slot.proc.send_signal(signal.SIGUSR1)
+                time.sleep(STACK_DUMP_WAIT_S)
+                log.warning("worker did not stop in time; its stacks are in its log; killing",
+                            extra={"pid": slot.proc.pid})
                 slot.proc.kill()
                 slot.proc.wait()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import signal
 import sys
 from collections.abc import Callable
@@ -75,6 +76,9 @@ def worker(
     flushed, offsets are committed and the instance leaves the group (exit 0).
     """
     setup_logging(log_level, json=log_json)
+    # SIGUSR1 dumps every thread's stack to stderr (the supervisor sends it to a
+    # worker that does not stop in time, before killing it).
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         app = load_app(app_ref)
         app.configure(
