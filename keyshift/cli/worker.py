@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import faulthandler
+import io
 import signal
 import sys
 from collections.abc import Callable
@@ -48,6 +49,16 @@ def worker_options(fn: F) -> F:
     return fn
 
 
+def _dump_stacks_on_sigusr1() -> None:
+    """SIGUSR1 dumps every thread's stack to stderr: the supervisor sends it to a
+    worker that does not stop in time, before killing it. Skipped when stderr is
+    not a real file (the command invoked in-process, e.g. by click's CliRunner)."""
+    try:
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
+    except (AttributeError, ValueError, io.UnsupportedOperation):
+        pass
+
+
 @click.command()
 @APP_ARG
 @click.option("--instance-id", help="Stable instance id (static group membership).")
@@ -76,9 +87,7 @@ def worker(
     flushed, offsets are committed and the instance leaves the group (exit 0).
     """
     setup_logging(log_level, json=log_json)
-    # SIGUSR1 dumps every thread's stack to stderr (the supervisor sends it to a
-    # worker that does not stop in time, before killing it).
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    _dump_stacks_on_sigusr1()
     try:
         app = load_app(app_ref)
         app.configure(
