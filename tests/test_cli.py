@@ -107,8 +107,10 @@ def test_status_shows_members_lag_state_and_migrations(brokers, admin, unique,
                                  capture_output=True, text=True, timeout=60,
                                  env=dict(os.environ, PYTHONPATH=str(tmp_path)))
             ready.text = out.stdout  # type: ignore[attr-defined]
+            # Also wait out COMPLETING_REBALANCING: the member's partitions are listed.
             return out.returncode == 0 and all(
-                part in out.stdout for part in ("counts[1]: solo", "1 members", "solo (")
+                part in out.stdout
+                for part in ("counts[1]: solo", "1 members", "solo (", f"{source}[0]")
             )
         assert wait_for(ready, 60, 2), (tmp_path / "worker.log").read_text()[-2000:]
         text = ready.text  # type: ignore[attr-defined]
