@@ -338,3 +338,18 @@ def test_emit_repartition_origin_header() -> None:
     headers = [dict(h)[ORIGIN_HEADER] for _, _, _, _, h in sink.produced]
     assert [ORIGIN.unpack(h) for h in headers] == [(3, 50, 0), (3, 50, 1), (3, 51, 0), (3, 51, 1)]
     assert [k for _, k, _, _, _ in sink.produced] == [b"a", b"a", b"b", b"b"]
+
+
+def test_rollback_restores_the_committed_view_of_upstream() -> None:
+    """After an aborted transaction the same origins are processed again (the
+    upstream task was rewound too and re-sends them), so they are not duplicates."""
+    task = make_task()
+    task.process([origin_msg(0, 5, 0, value=b'"a"', offset=0)])  # type: ignore[list-item]
+    task.mark_committed()
+    again = [origin_msg(0, 6, 0, value=b'"b"', offset=1),
+             origin_msg(1, 2, 0, value=b'"c"', offset=2)]
+    task.process(again)  # type: ignore[arg-type]
+    assert task.rollback() == 1
+    assert task.seen == {0: (5, 0)}
+    task.process(again)  # type: ignore[arg-type]
+    assert task.duplicates == 0 and task.position == 3

@@ -157,6 +157,19 @@ def test_committed_no_eviction_at_limit(backend: CountingPartition) -> None:
     assert len(table) == 2
 
 
+def test_rollback_forgets_uncommitted_changes(backend: CountingPartition) -> None:
+    table = Table(backend)
+    table.adopt(Stamp(7, 3, {}, 1), epoch=1)
+    table.put(b"a", 5)
+    table.put(b"new", 1)
+    table.take_changes()
+    table.resume_offset = 99
+    table.rollback()
+    assert not table.dirty and len(table) == 0
+    assert table.get(b"a") == 1 and table.get(b"new") is MISSING  # the backend's values
+    assert table.resume_offset == 7  # from the last committed stamp
+
+
 def test_adopt(backend: CountingPartition) -> None:
     table = Table(backend)
     assert table.resume_offset == -1

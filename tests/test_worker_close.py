@@ -1,47 +1,91 @@
-"""Worker.close: the final commit when the group is rebalancing (pure unit tests)."""
+"""Worker commit and close under faults: aborted transactions, failed or stuck
+closes (pure unit tests: stand-in Kafka clients, real tasks, tables, memory state)."""
 
 from __future__ import annotations
 
-import pytest
-from confluent_kafka import KafkaError, KafkaException
+import threading
+from typing import Any
 
-from keyshift.app.worker import Worker
-from keyshift.config import Settings
+import orjson
+import pytest
+from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
+
+from keyshift.app import worker as worker_module
+from keyshift.app.app import App
+from keyshift.app.task import Task
+from keyshift.app.worker import MAX_ABORTS_IN_ROW, Worker
 from keyshift.errors import BrokerError
-from keyshift.operators.topology import Topology
+from keyshift.state.memory.store import MemoryPartition
+from keyshift.state.table import Table
 
 pytestmark = pytest.mark.unit
 
 
-class _Client:
-    """Records the calls close() makes on a Kafka client."""
+class _Consumer:
+    """Records what the worker asks of its consumer."""
 
-    def __init__(self) -> None:
+    def __init__(self, close_blocks: threading.Event | None = None) -> None:
         self.calls: list[str] = []
+        self.seeks: list[tuple[str, int, int]] = []
+        self._close_blocks = close_blocks
+
+    def consumer_group_metadata(self) -> object:
+        return object()
+
+    def seek(self, tp: TopicPartition) -> None:
+        self.seeks.append((tp.topic, tp.partition, tp.offset))
+
+    def commit(self, **kwargs: Any) -> None:
+        self.calls.append("commit")
+
+    def incremental_unassign(self, partitions: list[TopicPartition]) -> None:
+        self.calls.append("unassign")
+
+    def get_watermark_offsets(self, tp: TopicPartition, cached: bool = False) -> tuple[int, int]:
+        return 0, 100
 
     def close(self) -> None:
         self.calls.append("close")
+        if self._close_blocks is not None:
+            self._close_blocks.wait(30)
+
+
+class _Producer:
+    """A transactional producer whose offset commit fails with ``error`` (if any)."""
+
+    def __init__(self, error: KafkaError | None = None) -> None:
+        self.calls: list[str] = []
+        self.produced: list[tuple[str, bytes | None, bytes | None]] = []
+        self.error = error
+
+    def produce(self, topic: str, value: bytes | None = None, key: bytes | None = None,
+                **kwargs: Any) -> None:
+        self.produced.append((topic, key, value))
+        on_delivery = kwargs.get("on_delivery")
+        if on_delivery is not None:
+            on_delivery(None, Message(topic=topic, partition=kwargs.get("partition", 0),
+                                      offset=len(self.produced)))
+
+    def send_offsets_to_transaction(self, offsets: Any, metadata: Any, timeout: float) -> None:
+        self.calls.append("send_offsets")
+        if self.error is not None:
+            raise KafkaException(self.error)
+
+    def commit_transaction(self, timeout: float) -> None:
+        self.calls.append("commit")
 
     def abort_transaction(self, timeout: float) -> None:
         self.calls.append("abort")
 
+    def begin_transaction(self) -> None:
+        self.calls.append("begin")
+
+    def poll(self, timeout: float) -> int:
+        return 0
+
     def flush(self, timeout: float) -> int:
         self.calls.append("flush")
         return 0
-
-
-def _worker(guarantee: str, error: KafkaError) -> tuple[Worker, _Client, _Client]:
-    worker = Worker(Topology("app"), Settings.build("app", brokers="b:1", state="memory://",
-                                                    guarantee=guarantee))
-    consumer, producer = _Client(), _Client()
-    worker._consumer, worker._producer = consumer, producer  # type: ignore[assignment]
-
-    def commit() -> None:
-        cause = KafkaException(error)
-        raise BrokerError(f"transaction commit failed: {cause}") from cause
-
-    worker.commit = commit  # type: ignore[method-assign]
-    return worker, consumer, producer
 
 
 def _rebalancing(abortable: bool = True) -> KafkaError:
@@ -49,21 +93,132 @@ def _rebalancing(abortable: bool = True) -> KafkaError:
                       txn_requires_abort=abortable)
 
 
+def _msgs(start: int, words: list[str]) -> list[Message]:
+    return [Message(topic="words", partition=0, offset=start + i, key=w.encode(),
+                    value=orjson.dumps(w), timestamp=(1, 0)) for i, w in enumerate(words)]
+
+
+def _setup(guarantee: str = "exactly_once", error: KafkaError | None = None,
+           close_blocks: threading.Event | None = None
+           ) -> tuple[Worker, Task, MemoryPartition, _Consumer, _Producer]:
+    app = App("app", brokers="b:1", state="memory://", guarantee=guarantee)
+    app.stream("words").count(store="counts").to("totals")
+    worker = app.worker()
+    consumer, producer = _Consumer(close_blocks), _Producer(error)
+    worker._consumer, worker._producer = consumer, producer  # type: ignore[assignment]
+    backend = MemoryPartition()
+    table = Table(backend)
+    table.adopt(None, backend.claim("me"))
+    sub = app.topology.by_topic()["words"]
+    task = Task(sub, 0, {"counts": table}, worker._produce, worker._dead_letter)
+    worker.tasks[("words", 0)] = task
+    return worker, task, backend, consumer, producer
+
+
+def _totals(producer: _Producer) -> list[tuple[str, int]]:
+    return [(k.decode(), orjson.loads(v)) for t, k, v in producer.produced
+            if t == "totals" and k is not None and v is not None]
+
+
+def test_a_rejected_transaction_is_aborted_and_its_tasks_rewound() -> None:
+    worker, task, backend, consumer, producer = _setup()
+    task.process(_msgs(10, ["a", "b", "a"]))
+    worker.commit()  # succeeds: a=2, b=1 committed up to offset 13
+    assert backend.data == {b"a": b"2", b"b": b"1"}
+    producer.error = _rebalancing()
+    task.process(_msgs(13, ["a", "c"]))
+    worker.commit()  # rejected: aborted, rewound to 13, nothing raised
+    assert producer.calls[-3:] == ["send_offsets", "abort", "begin"]
+    assert consumer.seeks == [("words", 0, 13)]
+    assert task.position == 13 and not task.has_progress()
+    assert backend.data == {b"a": b"2", b"b": b"1"}  # the aborted changes never landed
+    assert worker.metrics.aborted_transactions == 1
+    # Messages fetched before the rewind are skipped until the rewound input arrives.
+    producer.produced.clear()
+    task.process(_msgs(15, ["z"]))
+    assert task.position == 13 and _totals(producer) == []
+    producer.error = None
+    task.process(_msgs(13, ["a", "c", "z"]))
+    assert _totals(producer) == [("a", 3), ("c", 1), ("z", 1)]  # counted once, from Redis
+    worker.commit()
+    assert backend.data == {b"a": b"3", b"b": b"1", b"c": b"1", b"z": b"1"}
+    assert task.committed_position == 16
+
+
+def test_a_task_with_nothing_committed_rewinds_to_its_first_offset() -> None:
+    worker, task, _, consumer, producer = _setup(error=_rebalancing())
+    task.process(_msgs(42, ["a", "b"]))
+    worker.commit()
+    assert consumer.seeks == [("words", 0, 42)]
+    assert task.position is None
+
+
+def test_too_many_aborts_in_a_row_give_up() -> None:
+    worker, task, _, _, _ = _setup(error=_rebalancing())
+    for _ in range(MAX_ABORTS_IN_ROW):
+        task.process(_msgs(0, ["a"]))
+        worker.commit()
+    task.process(_msgs(0, ["a"]))
+    with pytest.raises(BrokerError, match="in a row"):
+        worker.commit()
+
+
+def test_revoked_tasks_are_not_rewound_but_dropped() -> None:
+    worker, task, _, consumer, _ = _setup(error=_rebalancing())
+    task.process(_msgs(0, ["a"]))
+    worker._on_revoke(consumer, [TopicPartition("words", 0)])  # type: ignore[arg-type]
+    assert consumer.seeks == [] and worker.tasks == {}
+    assert consumer.calls == ["unassign"]
+
+
+def test_lost_partitions_under_exactly_once_abort_and_rewind_the_rest() -> None:
+    worker, task, _, consumer, producer = _setup()
+    other = MemoryPartition()
+    kept = Task(task.sub, 1, {"counts": Table(other)}, worker._produce, worker._dead_letter)
+    worker.tasks[("words", 1)] = kept
+    task.process(_msgs(5, ["a"]))
+    kept.process([Message(topic="words", partition=1, offset=7, key=b"k",
+                          value=orjson.dumps("k"), timestamp=(1, 0))])
+    worker._on_lost(consumer, [TopicPartition("words", 0)])  # type: ignore[arg-type]
+    assert producer.calls == ["abort", "begin"]
+    assert consumer.seeks == [("words", 1, 7)]
+    assert list(worker.tasks) == [("words", 1)] and consumer.calls == ["unassign"]
+
+
 def test_exactly_once_close_aborts_a_rejected_final_transaction() -> None:
-    worker, consumer, producer = _worker("exactly_once", _rebalancing())
+    worker, task, backend, consumer, producer = _setup(error=_rebalancing())
+    task.process(_msgs(0, ["a"]))
     worker.close()  # no exception: a graceful stop, not a crash
     assert consumer.calls == ["close"]
-    assert producer.calls == ["abort", "flush"]
+    assert producer.calls == ["send_offsets", "abort", "begin", "flush"]
+    assert backend.data == {}
 
 
 def test_a_fatal_final_commit_error_still_raises() -> None:
-    worker, _, producer = _worker("exactly_once", _rebalancing(abortable=False))
+    worker, task, _, consumer, producer = _setup(error=_rebalancing(abortable=False))
+    task.process(_msgs(0, ["a"]))
     with pytest.raises(BrokerError):
         worker.close()
-    assert "abort" not in producer.calls
+    assert consumer.calls == ["close"]
+    assert producer.calls == ["send_offsets", "abort", "flush"]  # close() aborts
 
 
 def test_at_least_once_commit_errors_still_raise() -> None:
-    worker, _, _ = _worker("at_least_once", _rebalancing())
-    with pytest.raises(BrokerError):
+    worker, task, _, _, producer = _setup("at_least_once")
+    worker._delivery_errors.append("totals[0]: broker down")
+    task.process(_msgs(0, ["a"]))
+    with pytest.raises(BrokerError, match="broker down"):
         worker.close()
+
+
+def test_a_consumer_close_that_hangs_does_not_keep_the_worker(monkeypatch) -> None:
+    release = threading.Event()
+    monkeypatch.setattr(worker_module, "CLOSE_TIMEOUT_S", 0.2)
+    worker, _, _, consumer, producer = _setup(close_blocks=release)
+    try:
+        with pytest.raises(BrokerError, match="did not close"):
+            worker.close()
+        assert consumer.calls == ["close"]
+        assert producer.calls[-2:] == ["abort", "flush"]  # the rest is released
+    finally:
+        release.set()

@@ -12,6 +12,7 @@ class Metrics:
     dead_letters: int = 0
     duplicates_dropped: int = 0
     commits: int = 0
+    aborted_transactions: int = 0
     flushed_keys: int = 0
     processing_seconds: float = 0.0
     commit_seconds: float = 0.0
@@ -27,6 +28,7 @@ class Metrics:
             "dead_letters": self.dead_letters,
             "duplicates_dropped": self.duplicates_dropped,
             "commits": self.commits,
+            "aborted_transactions": self.aborted_transactions,
             "flushed_keys": self.flushed_keys,
             "processing_seconds": round(self.processing_seconds, 3),
             "commit_seconds": round(self.commit_seconds, 3),

@@ -51,7 +51,12 @@ class Task:
         # Progress.
         self.position: int | None = None
         self.committed_position: int | None = None
+        self._first_offset: int | None = None
+        # After a rollback: messages at or beyond this offset were fetched before
+        # the rewind; they are skipped until the rewound input arrives.
+        self._stale_from: int | None = None
         self.seen: dict[int, tuple[int, int]] = {}
+        self._committed_seen: dict[int, tuple[int, int]] = {}
         self.records_in = 0
         self.duplicates = 0
         self._push = compile_subtopology(sub, self)
@@ -91,9 +96,16 @@ class Task:
         known = [s for s in stamps if s is not None]
         common = set.intersection(*(set(s.upstream) for s in known))
         self.seen = {u: min(s.upstream[u] for s in known) for u in common}
+        self._committed_seen = dict(self.seen)
 
     # -- processing ------------------------------------------------------------
     def process(self, msgs: list[Message]) -> None:
+        if self._stale_from is not None:
+            msgs = self._skip_stale(msgs, self._stale_from)
+            if not msgs:
+                return
+        if self._first_offset is None:
+            self._first_offset = msgs[0].offset()
         if self.tables:
             keys = [m.key() for m in msgs]
             for table in self.tables.values():
@@ -131,6 +143,13 @@ class Task:
         self.records_in += len(msgs)
         self.position = msgs[-1].offset() + 1
 
+    def _skip_stale(self, msgs: list[Message], stale_from: int) -> list[Message]:
+        for i, msg in enumerate(msgs):
+            if msg.offset() < stale_from:
+                self._stale_from = None
+                return msgs[i:]
+        return []
+
     @staticmethod
     def _is_duplicate(msg: Message, seen: dict[int, tuple[int, int]]) -> bool:
         headers = msg.headers()
@@ -149,6 +168,29 @@ class Task:
 
     def has_progress(self) -> bool:
         return self.position is not None and self.position != self.committed_position
+
+    def mark_committed(self) -> None:
+        """Everything processed so far is durable."""
+        self.committed_position = self.position
+        self._committed_seen = dict(self.seen)
+
+    def rollback(self) -> int:
+        """Forget the progress since the last commit (its transaction was aborted).
+
+        Returns the offset input must be rewound to: the last committed position,
+        or the first offset processed since the task opened. Messages fetched
+        before the rewind are skipped until the rewound input arrives.
+        """
+        for table in self.tables.values():
+            table.rollback()
+        self.seen = dict(self._committed_seen)
+        if self.position is not None:
+            self._stale_from = self.position
+        self.position = self.committed_position
+        target = self.committed_position if self.committed_position is not None \
+            else self._first_offset
+        assert target is not None, "rollback of a task that processed nothing"
+        return target
 
     def stamp(self, epoch: int) -> Stamp:
         assert self.position is not None

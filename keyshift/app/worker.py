@@ -20,8 +20,10 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 import uuid
+from collections.abc import Collection
 from dataclasses import replace
 from functools import partial
 from typing import Any
@@ -66,6 +68,11 @@ from keyshift.state.table import Table
 log = logging.getLogger("keyshift.worker")
 
 TIMEOUT_S = 30.0
+# Aborted transactions in a row (no commit between) before the worker gives up.
+MAX_ABORTS_IN_ROW = 5
+# Leaving the group normally takes well under a second; a close that hangs
+# (librdkafka mid-rebalance) must not keep a failed worker from exiting.
+CLOSE_TIMEOUT_S = 30.0
 
 
 class Worker:
@@ -79,6 +86,7 @@ class Worker:
         self.tasks: dict[tuple[str, int], Task] = {}
         self._running = False
         self._failed = False
+        self._aborts_in_row = 0
         self._marker_offsets: dict[tuple[str, int], int] = {}
         self._delivery_errors: list[str] = []
         self._restore: Consumer | None = None
@@ -207,13 +215,30 @@ class Worker:
                 next_commit = time.monotonic() + interval
 
     def close(self) -> None:
-        """Commit (unless failed), leave the group, release clients."""
+        """Commit (unless failed), leave the group, release clients.
+
+        Under exactly-once a final transaction the group rejects (it is
+        rebalancing) is aborted and nothing is lost: Redis holds only committed
+        state, so the next owner resumes from the last commit.
+        """
+        stuck = False
+        error: BaseException | None = None
         try:
             if not self._failed and self._consumer is not None:
-                self._final_commit()
+                self.commit()
+        except BaseException:
+            self._failed = True  # the revocation callback must not commit again
+            raise
         finally:
             if self._consumer is not None:
-                self._consumer.close()
+                stuck, error = _close_within(self._consumer, CLOSE_TIMEOUT_S)
+                if error is not None:
+                    self._failed = True
+                if stuck:
+                    self._failed = True
+                    log.error("the consumer did not close in time; leaving without it "
+                              "(the group evicts this member after its session timeout)",
+                              extra={"instance": self.instance, "timeout_s": CLOSE_TIMEOUT_S})
             if self._producer is not None:
                 if self._failed and self.settings.exactly_once:
                     try:
@@ -233,27 +258,10 @@ class Worker:
                 self._store.close()
             log.info("worker stopped", extra={"instance": self.instance,
                                               **self.metrics.snapshot()})
-
-    def _final_commit(self) -> None:
-        """The last commit before leaving. Under exactly-once, a transaction the group
-        rejects because it is rebalancing (other instances leaving at the same time)
-        is aborted: Redis is written only after a commit, so the next owner resumes
-        from the last committed transaction and nothing is lost."""
-        try:
-            self.commit()
-        except BrokerError as exc:
-            cause = exc.__cause__
-            abortable = (
-                self.settings.exactly_once
-                and isinstance(cause, KafkaException)
-                and bool(cause.args)
-                and cause.args[0].txn_requires_abort()
-            )
-            if not abortable:
-                raise
-            self._failed = True  # close() aborts the open transaction
-            log.warning("final transaction aborted; the next owner resumes from the last "
-                        "commit", extra={"instance": self.instance, "error": str(cause)})
+        if error is not None:
+            raise error
+        if stuck:
+            raise BrokerError(f"the consumer did not close within {CLOSE_TIMEOUT_S:.0f}s")
 
     # -- processing --------------------------------------------------------------
     def _process(self, msgs: list[Message]) -> None:
@@ -341,8 +349,12 @@ class Worker:
             self._marker_offsets[key] = msg.offset()
 
     # -- commit ------------------------------------------------------------------
-    def commit(self) -> None:
-        """Make all progress durable (see the module docstring for the order)."""
+    def commit(self, *, leaving: Collection[tuple[str, int]] = ()) -> None:
+        """Make all progress durable (see the module docstring for the order).
+
+        ``leaving``: tasks being revoked; if the transaction has to be aborted,
+        they are not rewound (they are dropped right after).
+        """
         assert self._producer is not None and self._consumer is not None
         tasks = [t for t in list(self.tasks.values()) if t.has_progress() and not self._fenced(t)]
         if not tasks:
@@ -372,8 +384,15 @@ class Worker:
                 )
                 producer.commit_transaction(TIMEOUT_S)
             except KafkaException as exc:
-                raise BrokerError(f"transaction commit failed: {exc}") from exc
+                if not _requires_abort(exc):
+                    raise BrokerError(f"transaction commit failed: {exc}") from exc
+                # Typically the group moved to a new generation while this
+                # transaction was open (a rebalance): nothing of it is lost, it
+                # is processed again.
+                self._abort(f"transaction commit failed: {exc}", leaving=leaving)
+                return
             producer.begin_transaction()
+            self._aborts_in_row = 0
         else:
             left = producer.flush(TIMEOUT_S)
             if left:
@@ -407,7 +426,7 @@ class Worker:
                     # The stamps already hold the positions; the group offset is a hint.
                     log.warning("offset commit failed", extra={"error": str(exc)})
         for task in tasks:
-            task.committed_position = task.position
+            task.mark_committed()
         self.metrics.commits += 1
         self.metrics.commit_seconds += time.monotonic() - started
         self._update_lag()
@@ -422,6 +441,47 @@ class Worker:
                 return
             except BufferError:
                 self._producer.poll(0.05)
+
+    def _abort(self, reason: str, *, leaving: Collection[tuple[str, int]] = ()) -> None:
+        """Abort the open transaction and rewind every task to its last commit.
+
+        Exactly-once only. Outputs, changelog records and input offsets of the
+        transaction are discarded by the broker; each task forgets its uncommitted
+        state (Redis holds only committed state) and its input is sought back to
+        the last committed position, so the records are processed again. Tasks in
+        ``leaving`` are not sought (they are being taken away). Like Kafka Streams'
+        TaskMigratedException handling, but without closing the other tasks.
+        """
+        assert self._producer is not None and self._consumer is not None
+        self._aborts_in_row += 1
+        if self._aborts_in_row > MAX_ABORTS_IN_ROW:
+            raise BrokerError(f"{MAX_ABORTS_IN_ROW} transactions in a row were aborted; "
+                              f"last: {reason}")
+        try:
+            self._producer.abort_transaction(TIMEOUT_S)
+            self._producer.begin_transaction()
+        except KafkaException as exc:
+            raise BrokerError(f"cannot abort the transaction ({reason}): {exc}") from exc
+        self._marker_offsets.clear()
+        rewound = []
+        for key, task in self.tasks.items():
+            if not task.has_progress():
+                continue
+            offset = task.rollback()
+            if key not in leaving:
+                rewound.append(TopicPartition(key[0], key[1], offset))
+        for tp in rewound:
+            try:
+                self._consumer.seek(tp)
+            except KafkaException as exc:
+                raise BrokerError(f"cannot rewind {tp.topic}[{tp.partition}] to {tp.offset}: "
+                                  f"{exc}") from exc
+        self.metrics.aborted_transactions += 1
+        log.warning(
+            "transaction aborted; tasks rewound to their last commit",
+            extra={"instance": self.instance, "reason": reason,
+                   "rewound": ",".join(f"{t.topic}[{t.partition}]@{t.offset}" for t in rewound)},
+        )
 
     def _update_lag(self) -> None:
         assert self._consumer is not None
@@ -556,16 +616,23 @@ class Worker:
             for tp in partitions for store in self._subs[tp.topic].stores()
         ]
 
+    # Both revocation callbacks unassign themselves, even when they fail: the
+    # client library's fallback asks librdkafka for the rebalance protocol from
+    # inside the callback, which can hang while the consumer closes
+    # (confluentinc/librdkafka#4041).
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        if not self._failed:
-            self.commit()
-        for tp in partitions:
-            self._drop(tp.topic, tp.partition)
-        log.info(
-            "partitions revoked",
-            extra={"instance": self.instance,
-                   "partitions": ",".join(f"{t.topic}[{t.partition}]" for t in partitions)},
-        )
+        try:
+            if not self._failed:
+                self.commit(leaving={(tp.topic, tp.partition) for tp in partitions})
+        finally:
+            for tp in partitions:
+                self._drop(tp.topic, tp.partition)
+            consumer.incremental_unassign(partitions)
+            log.info(
+                "partitions revoked",
+                extra={"instance": self.instance,
+                       "partitions": ",".join(f"{t.topic}[{t.partition}]" for t in partitions)},
+            )
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.warning(
@@ -573,9 +640,39 @@ class Worker:
             extra={"instance": self.instance,
                    "partitions": ",".join(f"{t.topic}[{t.partition}]" for t in partitions)},
         )
-        if self.settings.exactly_once:
-            # The open transaction covers lost tasks; it must not commit.
-            self._failed = True
-            raise BrokerError("partitions lost while a transaction was open; restarting")
-        for tp in partitions:
-            self._drop(tp.topic, tp.partition)
+        try:
+            if self.settings.exactly_once and not self._failed:
+                # The open transaction covers the lost tasks: it must not commit.
+                # Abort it and rewind the tasks this instance keeps.
+                self._abort("partitions lost",
+                            leaving={(tp.topic, tp.partition) for tp in partitions})
+        finally:
+            for tp in partitions:
+                self._drop(tp.topic, tp.partition)
+            consumer.incremental_unassign(partitions)
+
+
+def _requires_abort(exc: KafkaException) -> bool:
+    """Whether a transactional error leaves the producer usable after an abort."""
+    err = exc.args[0] if exc.args else None
+    return isinstance(err, KafkaError) and err.txn_requires_abort() and not err.fatal()
+
+
+def _close_within(consumer: Consumer, timeout_s: float) -> tuple[bool, BaseException | None]:
+    """Close ``consumer`` (leave the group, run the revocation callback) in a
+    helper thread. Returns whether it is still stuck after ``timeout_s``, and
+    what the close raised."""
+    failure: list[BaseException] = []
+
+    def close() -> None:
+        try:
+            consumer.close()
+        except BaseException as exc:  # re-raised in the caller's thread
+            failure.append(exc)
+
+    closer = threading.Thread(target=close, name="keyshift-consumer-close", daemon=True)
+    closer.start()
+    closer.join(timeout_s)
+    if closer.is_alive():
+        return True, None
+    return False, failure[0] if failure else None

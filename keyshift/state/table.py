@@ -137,5 +137,18 @@ class Table:
         if len(self._cache) > self.max_entries:
             self._cache.clear()
 
+    def rollback(self) -> None:
+        """Forget every change since the last commit (its transaction was aborted).
+
+        The backend holds exactly the committed state, so the cache is dropped
+        whole and refilled on demand; keys fetched from a migration source are
+        fetched again (the source keeps them until its copy is complete, and the
+        background copy brings the rest).
+        """
+        self._cache.clear()
+        self._dirty.clear()
+        self._fills.clear()
+        self.resume_offset = -1 if self.stamp is None else self.stamp.input_offset
+
     def __len__(self) -> int:
         return len(self._cache)
