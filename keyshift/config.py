@@ -51,6 +51,16 @@ def _positive_int(setting: str, value: Any) -> int:
     return number
 
 
+def _share(setting: str, value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(setting, f"{value!r} is not a number") from None
+    if not 0 < number <= 1:
+        raise ConfigError(setting, f"must be in (0, 1], got {number}")
+    return number
+
+
 def _bool(setting: str, value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -100,6 +110,11 @@ class Settings:
         migration: how a task's state reaches a new owner (env ``KEYSHIFT_MIGRATION``).
         cache_max_entries: write-back cache entries kept per task between commits
             (env ``KEYSHIFT_CACHE_MAX_ENTRIES``).
+        copy_share: the most of a worker's time a progressive migration's background
+            copy may take, in (0, 1]. 1 (the default) copies whenever no records
+            wait; lower values leave CPU to co-located processes but make the copy,
+            and the time the source must stay reachable, longer
+            (env ``KEYSHIFT_COPY_SHARE``).
         peers: Redis URLs, with credentials, of other instances' state, used to
             transfer state directly (env ``KEYSHIFT_PEERS``, comma-separated).
             Published locations never carry secrets; they are matched against these.
@@ -118,6 +133,7 @@ class Settings:
     on_error: OnError = "dlq"
     migration: Migration = "auto"
     cache_max_entries: int = 200_000
+    copy_share: float = 1.0
     peers: tuple[str, ...] = ()
     kafka: Mapping[str, str] = field(default_factory=dict)
 
@@ -171,6 +187,7 @@ class Settings:
             cache_max_entries=_positive_int(
                 "cache_max_entries", pick("cache_max_entries", 200_000)
             ),
+            copy_share=_share("copy_share", pick("copy_share", 1.0)),
             peers=tuple(peers),
             kafka=kafka,
         )

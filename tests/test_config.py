@@ -27,6 +27,7 @@ def test_defaults() -> None:
     assert s.on_error == "dlq"
     assert s.migration == "auto"
     assert s.cache_max_entries == 200_000
+    assert s.copy_share == 1.0
     assert dict(s.kafka) == {}
     assert s.client_config() == {"bootstrap.servers": DEFAULT_BROKERS}
 
@@ -60,6 +61,7 @@ def test_env_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
         "KEYSHIFT_ON_ERROR": "raise",
         "KEYSHIFT_MIGRATION": "stop-and-copy",
         "KEYSHIFT_CACHE_MAX_ENTRIES": "33",
+        "KEYSHIFT_COPY_SHARE": "0.5",
     }
     for k, v in env.items():
         monkeypatch.setenv(k, v)
@@ -74,6 +76,7 @@ def test_env_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.on_error == "raise"
     assert s.migration == "stop-and-copy"
     assert s.cache_max_entries == 33
+    assert s.copy_share == 0.5
 
 
 def test_explicit_beats_env(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -126,6 +129,9 @@ def test_kafka_overrides_from_explicit_mapping() -> None:
         ("batch_size", "x"),
         ("batch_size", 0),
         ("cache_max_entries", -1),
+        ("copy_share", 0),
+        ("copy_share", 1.5),
+        ("copy_share", "half"),
         ("state", "postgres://db/x"),
         ("state", "localhost:6379"),
         ("brokers", " "),
@@ -149,6 +155,7 @@ def test_invalid_explicit_value(setting: str, value: Any) -> None:
         ("commit_interval_ms", "bogus"),
         ("commit_interval_ms", "0"),
         ("batch_size", "-1"),
+        ("copy_share", "-0.1"),
         ("state", "file:///tmp"),
         ("brokers", ""),
     ],

@@ -70,6 +70,8 @@ log = logging.getLogger("keyshift.worker")
 TIMEOUT_S = 30.0
 # Aborted transactions in a row (no commit between) before the worker gives up.
 MAX_ABORTS_IN_ROW = 5
+# Longest stretch a background copy works before processing gets its turn.
+COPY_TURN_S = 0.02
 # Leaving the group normally takes well under a second; a close that hangs
 # (librdkafka mid-rebalance) must not keep a failed worker from exiting.
 CLOSE_TIMEOUT_S = 30.0
@@ -95,6 +97,7 @@ class Worker:
         self._events: EventLog | None = None
         self._restored: dict[tuple[str, int], list[Restored]] = {}
         self._copying = False
+        self._copy_turn = 0.0  # monotonic time the next background-copy turn may start
         self._store: Store | None = None
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
@@ -194,8 +197,11 @@ class Worker:
         batch = self.settings.batch_size
         last = time.monotonic()
         while self._running:
-            # While a background copy runs, never idle in consume: copy instead.
-            msgs = consume_available(consumer, batch, 0.0 if self._copying else 0.1)
+            # While a background copy runs, idle in consume only until its next turn.
+            wait = 0.1
+            if self._copying:
+                wait = min(wait, max(0.0, self._copy_turn - time.monotonic()))
+            msgs = consume_available(consumer, batch, wait)
             after = time.monotonic()
             if after - last > self._stall_s:
                 self._verify_ownership(after - last)
@@ -205,7 +211,7 @@ class Worker:
                 self._process(msgs)
                 self.metrics.processing_seconds += time.monotonic() - started
             if self._restored:
-                self._migration_tick()
+                self._migration_tick(copy=time.monotonic() >= self._copy_turn)
             else:
                 self._copying = False
             producer.poll(0)
@@ -553,23 +559,33 @@ class Worker:
             if self._events is not None and not event.emitted and event.duration_ms is not None:
                 self._events.emit(event)
 
-    def _migration_tick(self, budget_s: float = 0.02) -> None:
-        """Advance background copies (bounded time) and emit finished migrations."""
+    def _migration_tick(self, *, copy: bool = True) -> None:
+        """Emit finished migrations and, on its turn, advance the background copies.
+
+        A copy turn lasts at most ``COPY_TURN_S``; the next one comes after enough
+        time that copying takes at most ``copy_share`` of this worker's time.
+        """
         assert self._restorer is not None and self._events is not None
-        deadline = time.monotonic() + budget_s
+        started = time.monotonic()
+        deadline = started + COPY_TURN_S
         copying = False
         for (topic, partition), items in list(self._restored.items()):
             for item in items:
-                copy = item.copy
-                while copy is not None and not copy.done and time.monotonic() < deadline:
-                    if copy.step():
+                task_copy = item.copy
+                while (copy and task_copy is not None and not task_copy.done
+                       and time.monotonic() < deadline):
+                    if task_copy.step():
                         self._restorer.copy_finished(item.event.store, partition, item)
-                copying = copying or (copy is not None and not copy.done)
+                copying = copying or (task_copy is not None and not task_copy.done)
                 if item.event.ready():
                     self._events.emit(item.event)
             if all(i.event.emitted for i in items):
                 del self._restored[(topic, partition)]
         self._copying = copying
+        if copy:
+            ended = time.monotonic()
+            share = self.settings.copy_share
+            self._copy_turn = ended + (ended - started) * (1 - share) / share
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         started = time.monotonic()
