@@ -145,6 +145,21 @@ def test_a_rejected_transaction_is_aborted_and_its_tasks_rewound() -> None:
     assert task.committed_position == 16
 
 
+def test_after_the_batch_of_the_rewind_all_input_is_fresh() -> None:
+    """The client drops messages fetched before a seek; only the batch being
+    fetched when the rewind happened can hold stale ones. Once the worker has
+    moved on, a message beyond the old position (the rewound range is gone, say
+    by retention) is processed, not skipped forever."""
+    worker, task, _, _, producer = _setup(error=_rebalancing())
+    task.process(_msgs(10, ["a", "b"]))
+    worker.commit()
+    assert worker._rewound == [task]
+    task.fresh_input()
+    producer.produced.clear()
+    task.process(_msgs(12, ["c"]))
+    assert _totals(producer) == [("c", 1)] and task.position == 13
+
+
 def test_a_task_with_nothing_committed_rewinds_to_its_first_offset() -> None:
     worker, task, _, consumer, producer = _setup(error=_rebalancing())
     task.process(_msgs(42, ["a", "b"]))
@@ -167,7 +182,7 @@ def test_revoked_tasks_are_not_rewound_but_dropped() -> None:
     worker, task, _, consumer, _ = _setup(error=_rebalancing())
     task.process(_msgs(0, ["a"]))
     worker._on_revoke(consumer, [TopicPartition("words", 0)])  # type: ignore[arg-type]
-    assert consumer.seeks == [] and worker.tasks == {}
+    assert consumer.seeks == [] and worker.tasks == {} and worker._rewound == []
     assert consumer.calls == ["unassign"]
 
 

@@ -52,8 +52,9 @@ class Task:
         self.position: int | None = None
         self.committed_position: int | None = None
         self._first_offset: int | None = None
-        # After a rollback: messages at or beyond this offset were fetched before
-        # the rewind; they are skipped until the rewound input arrives.
+        # After a rollback: messages at or beyond this offset may have been
+        # fetched before the rewind; they are skipped until the rewound input
+        # arrives, or until the runtime calls fresh_input().
         self._stale_from: int | None = None
         self.seen: dict[int, tuple[int, int]] = {}
         self._committed_seen: dict[int, tuple[int, int]] = {}
@@ -191,6 +192,12 @@ class Task:
             else self._first_offset
         assert target is not None, "rollback of a task that processed nothing"
         return target
+
+    def fresh_input(self) -> None:
+        """Everything fetched before the last rewind has been handed to process():
+        from now on all input is the rewound input (the client drops messages
+        fetched before a seek)."""
+        self._stale_from = None
 
     def stamp(self, epoch: int) -> Stamp:
         assert self.position is not None

@@ -89,6 +89,7 @@ class Worker:
         self._running = False
         self._failed = False
         self._aborts_in_row = 0
+        self._rewound: list[Task] = []  # rewound since the last batch was fetched
         self._marker_offsets: dict[tuple[str, int], int] = {}
         self._delivery_errors: list[str] = []
         self._restore: Consumer | None = None
@@ -197,6 +198,12 @@ class Worker:
         batch = self.settings.batch_size
         last = time.monotonic()
         while self._running:
+            if self._rewound:
+                # Rewinds seen by the last batch are behind us: the client drops
+                # messages fetched before a seek, so no stale message can follow.
+                for task in self._rewound:
+                    task.fresh_input()
+                self._rewound.clear()
             # While a background copy runs, idle in consume only until its next turn.
             wait = 0.1
             if self._copying:
@@ -454,7 +461,9 @@ class Worker:
         Exactly-once only. Outputs, changelog records and input offsets of the
         transaction are discarded by the broker; each task forgets its uncommitted
         state (Redis holds only committed state) and its input is sought back to
-        the last committed position, so the records are processed again. Tasks in
+        the last committed position, so the records are processed again.
+        Messages of the batch being fetched when this runs (in a rebalance
+        callback) may predate the seek; the tasks skip them. Tasks in
         ``leaving`` are not sought (they are being taken away). Like Kafka Streams'
         TaskMigratedException handling, but without closing the other tasks.
         """
@@ -476,6 +485,7 @@ class Worker:
             offset = task.rollback()
             if key not in leaving:
                 rewound.append(TopicPartition(key[0], key[1], offset))
+                self._rewound.append(task)
         for tp in rewound:
             try:
                 self._consumer.seek(tp)
