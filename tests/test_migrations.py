@@ -93,6 +93,10 @@ def test_scale_1_3_1_mid_stream(strategy, guarantee, brokers, admin, redis_urls,
         assert wait_for(lambda: _converged(brokers, sink, expected), 150), log.read_text()[-4000:]
     finally:
         assert stop(sup, 120) == 0
+    # Scaling is graceful: no worker failed and was restarted on the way (a
+    # restart would also converge, and hide the failure).
+    crashes = [line for line in log.read_text().splitlines() if "; restarting in" in line]
+    assert not crashes, crashes
     if guarantee == "exactly_once":
         _strictly_increasing(brokers, sink)
     moved = [e for e in _events(brokers, app_id) if e["from_instance"] not in (None,

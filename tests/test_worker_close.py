@@ -57,14 +57,21 @@ class _Producer:
         self.calls: list[str] = []
         self.produced: list[tuple[str, bytes | None, bytes | None]] = []
         self.error = error
+        self.pending: list[tuple[Any, Message]] = []  # delivery reports not yet served
+        self._purged = False
 
     def produce(self, topic: str, value: bytes | None = None, key: bytes | None = None,
                 **kwargs: Any) -> None:
         self.produced.append((topic, key, value))
         on_delivery = kwargs.get("on_delivery")
         if on_delivery is not None:
-            on_delivery(None, Message(topic=topic, partition=kwargs.get("partition", 0),
-                                      offset=len(self.produced)))
+            self.pending.append((on_delivery, Message(
+                topic=topic, partition=kwargs.get("partition", 0), offset=len(self.produced))))
+
+    def _serve(self, err: KafkaError | None) -> None:
+        pending, self.pending = self.pending, []
+        for on_delivery, msg in pending:
+            on_delivery(err, msg)
 
     def send_offsets_to_transaction(self, offsets: Any, metadata: Any, timeout: float) -> None:
         self.calls.append("send_offsets")
@@ -73,18 +80,27 @@ class _Producer:
 
     def commit_transaction(self, timeout: float) -> None:
         self.calls.append("commit")
+        self._serve(None)
 
     def abort_transaction(self, timeout: float) -> None:
+        """Like librdkafka: records not yet sent are purged, and their delivery
+        reports wait for the next poll."""
         self.calls.append("abort")
+        self._purged = True
 
     def begin_transaction(self) -> None:
         self.calls.append("begin")
 
     def poll(self, timeout: float) -> int:
+        if self._purged:
+            self._purged = False
+            self._serve(KafkaError(KafkaError._PURGE_QUEUE, "Purged in queue"))
         return 0
 
     def flush(self, timeout: float) -> int:
         self.calls.append("flush")
+        self.poll(0)
+        self._serve(None)
         return 0
 
 

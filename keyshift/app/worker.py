@@ -357,6 +357,8 @@ class Worker:
 
     def _on_marker(self, key: tuple[str, int], err: KafkaError | None, msg: Message) -> None:
         if err is not None:
+            if err.code() in _PURGED:
+                return  # dropped on purpose: its transaction was aborted
             self._delivery_errors.append(f"changelog {key}: {err}")
         else:
             self._marker_offsets[key] = msg.offset()
@@ -477,7 +479,11 @@ class Worker:
             self._producer.begin_transaction()
         except KafkaException as exc:
             raise BrokerError(f"cannot abort the transaction ({reason}): {exc}") from exc
+        # Delivery reports of the aborted transaction's records (purged or not)
+        # must not leak into the next commit.
+        self._producer.poll(0)
         self._marker_offsets.clear()
+        self._delivery_errors.clear()
         rewound = []
         for key, task in self.tasks.items():
             if not task.has_progress():
@@ -676,6 +682,10 @@ class Worker:
             for tp in partitions:
                 self._drop(tp.topic, tp.partition)
             consumer.incremental_unassign(partitions)
+
+
+# Delivery errors of records an aborted transaction dropped before sending them.
+_PURGED = frozenset({KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT})
 
 
 def _requires_abort(exc: KafkaException) -> bool:
