@@ -25,19 +25,24 @@ pytestmark = pytest.mark.integration
 
 
 class _StaleGroupMetadata:
-    """The worker's real consumer, except that, while ``stale`` is set, it hands out
-    that group metadata snapshot: the broker then rejects the transaction's offsets
-    as coming from an old generation, exactly as when a rebalance overtakes a
-    commit."""
+    """The worker's real consumer, except that, once ``stale`` is set, it hands out
+    that group metadata snapshot for one commit: the broker then rejects the
+    transaction's offsets as coming from an old generation, exactly as when a
+    rebalance overtakes a commit. ``last`` is the snapshot of the worker's last
+    commit (taken in the worker's thread: from another thread the call can
+    block while the worker polls)."""
 
     def __init__(self, consumer: Consumer) -> None:
         self._consumer = consumer
         self.stale: Any = None
+        self.last: Any = None
 
     def consumer_group_metadata(self) -> Any:
-        if self.stale is not None:
-            return self.stale
-        return self._consumer.consumer_group_metadata()
+        stale, self.stale = self.stale, None
+        if stale is not None:
+            return stale
+        self.last = self._consumer.consumer_group_metadata()
+        return self.last
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._consumer, name)
@@ -84,7 +89,8 @@ def test_a_transaction_overtaken_by_a_rebalance_is_aborted_and_redone(
     try:
         produce_json(brokers, source, first)
         assert wait_for(lambda: _totals(brokers, sink) == expected_counts(first), 60), errors
-        stale = consumer.consumer_group_metadata()
+        stale = consumer.last
+        assert stale is not None
         # Another member joins (on another topic, so the worker keeps its
         # partitions): the group moves to a new generation.
         intruder = Consumer({"bootstrap.servers": brokers, "group.id": app_id,
@@ -94,8 +100,7 @@ def test_a_transaction_overtaken_by_a_rebalance_is_aborted_and_redone(
                         60, 0.1)
         consumer.stale = stale
         produce_json(brokers, source, second)
-        assert wait_for(lambda: worker.metrics.aborted_transactions > 0, 60, 0.2), errors
-        consumer.stale = None
+        assert wait_for(lambda: worker.metrics.aborted_transactions == 1, 60, 0.2), errors
         expected = expected_counts(first + second)
         assert wait_for(lambda: _totals(brokers, sink) == expected, 60), errors
         assert not errors
@@ -105,5 +110,6 @@ def test_a_transaction_overtaken_by_a_rebalance_is_aborted_and_redone(
         if intruder is not None:
             intruder.close()
     assert not thread.is_alive() and not errors
+    assert worker.metrics.aborted_transactions == 1
     for key, seq in values_by_key(read_topic(brokers, sink, read_committed=True)).items():
         assert all(a < b for a, b in zip(seq, seq[1:], strict=False)), (key, seq)
