@@ -245,10 +245,9 @@ class Worker:
         finally:
             if self._consumer is not None:
                 stuck, error = _close_within(self._consumer, CLOSE_TIMEOUT_S)
-                if error is not None:
+                if stuck or error is not None:
                     self._failed = True
                 if stuck:
-                    self._failed = True
                     log.error("the consumer did not close in time; leaving without it "
                               "(the group evicts this member after its session timeout)",
                               extra={"instance": self.instance, "timeout_s": CLOSE_TIMEOUT_S})
@@ -657,9 +656,7 @@ class Worker:
             if not self._failed:
                 self.commit(leaving={(tp.topic, tp.partition) for tp in partitions})
         finally:
-            for tp in partitions:
-                self._drop(tp.topic, tp.partition)
-            consumer.incremental_unassign(partitions)
+            self._release(consumer, partitions)
             log.info(
                 "partitions revoked",
                 extra={"instance": self.instance,
@@ -679,9 +676,12 @@ class Worker:
                 self._abort("partitions lost",
                             leaving={(tp.topic, tp.partition) for tp in partitions})
         finally:
-            for tp in partitions:
-                self._drop(tp.topic, tp.partition)
-            consumer.incremental_unassign(partitions)
+            self._release(consumer, partitions)
+
+    def _release(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self._drop(tp.topic, tp.partition)
+        consumer.incremental_unassign(partitions)
 
 
 # Delivery errors of records an aborted transaction dropped before sending them.

@@ -148,7 +148,7 @@ class Table:
         self._cache.clear()
         self._dirty.clear()
         self._fills.clear()
-        self.resume_offset = -1 if self.stamp is None else self.stamp.input_offset
+        self.adopt(self.stamp, self.epoch)  # skip again what the committed stamp covers
 
     def __len__(self) -> int:
         return len(self._cache)
