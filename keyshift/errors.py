@@ -47,6 +47,10 @@ class BrokerError(KeyshiftError):
     """Kafka refused or failed an operation."""
 
 
+class TransactionAbortable(BrokerError):
+    """The open transaction can no longer commit and must be aborted (exactly-once)."""
+
+
 class StateError(KeyshiftError):
     """The state backend failed."""
 

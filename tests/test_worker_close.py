@@ -14,7 +14,7 @@ from keyshift.app import worker as worker_module
 from keyshift.app.app import App
 from keyshift.app.task import Task
 from keyshift.app.worker import MAX_ABORTS_IN_ROW, Worker
-from keyshift.errors import BrokerError
+from keyshift.errors import BrokerError, TransactionAbortable
 from keyshift.state.memory.store import MemoryPartition
 from keyshift.state.table import Table
 
@@ -59,9 +59,12 @@ class _Producer:
         self.error = error
         self.pending: list[tuple[Any, Message]] = []  # delivery reports not yet served
         self._purged = False
+        self.refuse: KafkaError | None = None  # produce() raises this while set
 
     def produce(self, topic: str, value: bytes | None = None, key: bytes | None = None,
                 **kwargs: Any) -> None:
+        if self.refuse is not None:
+            raise KafkaException(self.refuse)
         self.produced.append((topic, key, value))
         on_delivery = kwargs.get("on_delivery")
         if on_delivery is not None:
@@ -174,6 +177,44 @@ def test_after_the_batch_of_the_rewind_all_input_is_fresh() -> None:
     producer.produced.clear()
     task.process(_msgs(12, ["c"]))
     assert _totals(producer) == [("c", 1)] and task.position == 13
+
+
+def _failed_state() -> KafkaError:
+    return KafkaError(KafkaError._STATE, "Unable to produce message: Local: Erroneous state")
+
+
+def test_a_transaction_failing_mid_batch_is_aborted_not_dead_lettered() -> None:
+    """The producer refuses records once the open transaction has failed: that
+    is no fault of the record, so the batch is cut short, the transaction
+    aborted and the task, even one that never finished a batch, rewound."""
+    worker, task, backend, consumer, producer = _setup()
+    producer.refuse = _failed_state()
+    with pytest.raises(TransactionAbortable):
+        task.process(_msgs(42, ["a", "b"]))
+    assert worker.metrics.dead_letters == 0 and task.mid_batch
+    worker._abort("cannot produce")
+    assert producer.calls[-2:] == ["abort", "begin"]
+    assert consumer.seeks == [("words", 0, 42)] and not task.mid_batch
+    producer.refuse = None
+    task.process(_msgs(42, ["a", "b"]))
+    worker.commit()
+    assert backend.data == {b"a": b"1", b"b": b"1"}  # the cut batch left nothing behind
+
+
+def test_a_transaction_failing_while_the_commit_writes_the_changelog_is_aborted() -> None:
+    worker, task, backend, consumer, producer = _setup()
+    task.process(_msgs(7, ["a"]))
+    producer.refuse = _failed_state()
+    worker.commit()
+    assert "send_offsets" not in producer.calls and producer.calls[-2:] == ["abort", "begin"]
+    assert consumer.seeks == [("words", 0, 7)] and backend.data == {}
+
+
+def test_at_least_once_produce_errors_still_raise() -> None:
+    worker, task, _, _, producer = _setup("at_least_once")
+    producer.refuse = _failed_state()
+    with pytest.raises(KafkaException):
+        task.process(_msgs(0, ["a"]))
 
 
 def test_a_task_with_nothing_committed_rewinds_to_its_first_offset() -> None:

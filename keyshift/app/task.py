@@ -8,7 +8,7 @@ from typing import Any
 
 from confluent_kafka import Message
 
-from keyshift.errors import ProcessingError, SerializationError
+from keyshift.errors import ProcessingError, SerializationError, TransactionAbortable
 from keyshift.operators.compile import compile_subtopology
 from keyshift.operators.record import Record
 from keyshift.operators.topology import SubTopology
@@ -58,6 +58,7 @@ class Task:
         self._stale_from: int | None = None
         self.seen: dict[int, tuple[int, int]] = {}
         self._committed_seen: dict[int, tuple[int, int]] = {}
+        self.mid_batch = False
         self.records_in = 0
         self.duplicates = 0
         self._push = compile_subtopology(sub, self)
@@ -107,6 +108,8 @@ class Task:
                 return
         if self._first_offset is None:
             self._first_offset = msgs[0].offset()
+        # Stays set if the batch is cut short (its transaction failed mid-batch).
+        self.mid_batch = True
         if self.tables:
             keys = [m.key() for m in msgs]
             for table in self.tables.values():
@@ -135,6 +138,8 @@ class Task:
             self._emitted = 0
             try:
                 push(key, value)
+            except TransactionAbortable:
+                raise  # not the record's fault: the runtime aborts and rewinds
             except Exception as exc:
                 if self._raise:
                     raise ProcessingError(
@@ -143,6 +148,7 @@ class Task:
                 self._dead_letter(msg, "process", exc)
         self.records_in += len(msgs)
         self.position = msgs[-1].offset() + 1
+        self.mid_batch = False
 
     def _skip_stale(self, msgs: list[Message], stale_from: int) -> list[Message]:
         for i, msg in enumerate(msgs):
@@ -185,6 +191,7 @@ class Task:
         for table in self.tables.values():
             table.rollback()
         self.seen = dict(self._committed_seen)
+        self.mid_batch = False
         if self.position is not None:
             self._stale_from = self.position
         self.position = self.committed_position

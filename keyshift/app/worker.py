@@ -54,7 +54,7 @@ from keyshift.app.kafka import (
 from keyshift.app.metrics import Metrics
 from keyshift.app.task import Task
 from keyshift.config import Settings
-from keyshift.errors import BrokerError, FencedError, KeyshiftError
+from keyshift.errors import BrokerError, FencedError, KeyshiftError, TransactionAbortable
 from keyshift.migrations.events import EventLog, now_ms
 from keyshift.migrations.locations import LocationsView
 from keyshift.migrations.restore import Restored, Restorer
@@ -215,7 +215,10 @@ class Worker:
             last = after
             if msgs:
                 started = time.monotonic()
-                self._process(msgs)
+                try:
+                    self._process(msgs)
+                except TransactionAbortable as exc:
+                    self._abort(str(exc))
                 self.metrics.processing_seconds += time.monotonic() - started
             if self._restored:
                 self._migration_tick(copy=time.monotonic() >= self._copy_turn)
@@ -323,13 +326,23 @@ class Worker:
         kwargs: dict[str, Any] = {"timestamp": timestamp}
         if headers:
             kwargs["headers"] = headers
+        self._send(topic, value, key, **kwargs)
+        self.metrics.records_out += 1
+
+    def _send(self, topic: str, value: bytes | None, key: bytes | None, **kwargs: Any) -> None:
+        """Produce, waiting while the local queue is full. Under exactly-once a
+        transaction that can no longer commit raises TransactionAbortable."""
+        assert self._producer is not None
         while True:
             try:
                 self._producer.produce(topic, value, key, **kwargs)
-                break
+                return
             except BufferError:
                 self._producer.poll(0.05)
-        self.metrics.records_out += 1
+            except KafkaException as exc:
+                if self.settings.exactly_once and _transaction_failed(exc):
+                    raise TransactionAbortable(f"cannot produce to {topic}: {exc}") from exc
+                raise
 
     def _dead_letter(self, msg: Message, stage: str, exc: BaseException) -> None:
         assert self._producer is not None
@@ -342,7 +355,7 @@ class Worker:
             ("ks.offset", str(msg.offset()).encode()),
             ("ks.app", self.settings.app_id.encode()),
         ]
-        self._producer.produce(self.topology.dlq_topic, msg.value(), msg.key(), headers=headers)
+        self._send(self.topology.dlq_topic, msg.value(), msg.key(), headers=headers)
         self.metrics.dead_letters += 1
         log.warning(
             "record sent to the dead-letter topic",
@@ -376,20 +389,11 @@ class Worker:
         started = time.monotonic()
         producer = self._producer
         pending: list[tuple[Task, str, Table, dict[bytes, bytes | None]]] = []
-        for task in tasks:
-            for store, table in task.tables.items():
-                topic = self.topology.changelog_topic(store)
-                changes = table.take_changes()
-                fills = table.take_fills()
-                for key, value in changes.items():
-                    self._produce_changelog(topic, task.partition, key, value)
-                marker_key = (topic, task.partition)
-                stamp = replace(task.stamp(table.epoch), ts_ms=now_ms())
-                self._produce_changelog(
-                    topic, task.partition, MARKER_KEY, stamp.encode(),
-                    on_delivery=partial(self._on_marker, marker_key),
-                )
-                pending.append((task, store, table, {**fills, **changes} if fills else changes))
+        try:
+            self._produce_state(tasks, pending)
+        except TransactionAbortable as exc:
+            self._abort(str(exc), leaving=leaving)
+            return
         offsets = [TopicPartition(t.topic, t.partition, t.position) for t in tasks]
         if self.settings.exactly_once:
             try:
@@ -445,16 +449,30 @@ class Worker:
         self.metrics.commit_seconds += time.monotonic() - started
         self._update_lag()
 
+    def _produce_state(
+        self, tasks: list[Task], pending: list[tuple[Task, str, Table, dict[bytes, bytes | None]]]
+    ) -> None:
+        """Step 1 of a commit: every store's changes, then its marker, to its changelog;
+        ``pending`` gets what the backend must write once the commit holds."""
+        for task in tasks:
+            for store, table in task.tables.items():
+                topic = self.topology.changelog_topic(store)
+                changes = table.take_changes()
+                fills = table.take_fills()
+                for key, value in changes.items():
+                    self._produce_changelog(topic, task.partition, key, value)
+                marker_key = (topic, task.partition)
+                stamp = replace(task.stamp(table.epoch), ts_ms=now_ms())
+                self._produce_changelog(
+                    topic, task.partition, MARKER_KEY, stamp.encode(),
+                    on_delivery=partial(self._on_marker, marker_key),
+                )
+                pending.append((task, store, table, {**fills, **changes} if fills else changes))
+
     def _produce_changelog(
         self, topic: str, partition: int, key: bytes, value: bytes | None, **kwargs: Any
     ) -> None:
-        assert self._producer is not None
-        while True:
-            try:
-                self._producer.produce(topic, value, key, partition=partition, **kwargs)
-                return
-            except BufferError:
-                self._producer.poll(0.05)
+        self._send(topic, value, key, partition=partition, **kwargs)
 
     def _abort(self, reason: str, *, leaving: Collection[tuple[str, int]] = ()) -> None:
         """Abort the open transaction and rewind every task to its last commit.
@@ -485,7 +503,7 @@ class Worker:
         self._delivery_errors.clear()
         rewound = []
         for key, task in self.tasks.items():
-            if not task.has_progress():
+            if not (task.has_progress() or task.mid_batch):
                 continue
             offset = task.rollback()
             if key not in leaving:
@@ -692,6 +710,14 @@ def _requires_abort(exc: KafkaException) -> bool:
     """Whether a transactional error leaves the producer usable after an abort."""
     err = exc.args[0] if exc.args else None
     return isinstance(err, KafkaError) and err.txn_requires_abort() and not err.fatal()
+
+
+def _transaction_failed(exc: KafkaException) -> bool:
+    """Whether a produce call failed because the open transaction has failed (the
+    producer refuses records in that state with _STATE); abort_transaction then
+    tells an abortable failure from a fatal one."""
+    err = exc.args[0] if exc.args else None
+    return _requires_abort(exc) or (isinstance(err, KafkaError) and err.code() == KafkaError._STATE)
 
 
 def _close_within(consumer: Consumer, timeout_s: float) -> tuple[bool, BaseException | None]:
