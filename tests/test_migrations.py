@@ -95,8 +95,12 @@ def test_scale_1_3_1_mid_stream(strategy, guarantee, brokers, admin, redis_urls,
         assert stop(sup, 120) == 0
     # Scaling is graceful: no worker failed and was restarted on the way (a
     # restart would also converge, and hide the failure).
-    crashes = [line for line in log.read_text().splitlines() if "; restarting in" in line]
+    lines = log.read_text().splitlines()
+    crashes = [line for line in lines if "; restarting in" in line]
     assert not crashes, crashes
+    # The two workers the scale-out starts join the group together, at one gate.
+    assert [line for line in lines if "join together" in line], lines[-50:]
+    assert len([line for line in lines if "join gate opened" in line]) == 3, lines[-50:]
     if guarantee == "exactly_once":
         _strictly_increasing(brokers, sink)
     moved = [e for e in _events(brokers, app_id) if e["from_instance"] not in (None,

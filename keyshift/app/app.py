@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
+from keyshift.app.join_gate import JoinGate
 from keyshift.app.worker import Worker
 from keyshift.config import Settings
 from keyshift.operators.serdes import Serde, get_serde
@@ -63,9 +64,13 @@ class App:
         given.update({k: v for k, v in overrides.items() if v is not None})
         self.settings = Settings.build(self.settings.app_id, **given)
 
-    def worker(self) -> Worker:
-        """A worker for this app (call ``run()`` on it, ``stop()`` from elsewhere)."""
-        return Worker(self.topology, self.settings)
+    def worker(self, *, join_gate: JoinGate | None = None) -> Worker:
+        """A worker for this app (call ``run()`` on it, ``stop()`` from elsewhere).
+
+        With ``join_gate`` it subscribes only once the gate opens (see
+        :mod:`keyshift.app.join_gate`).
+        """
+        return Worker(self.topology, self.settings, join_gate=join_gate)
 
     def run(self) -> None:
         """Run one worker instance in this process until stopped."""

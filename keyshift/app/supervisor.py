@@ -4,13 +4,17 @@
 by writing the wanted count next to the run file and sending SIGHUP. Slot ``i``
 runs ``keyshift worker`` with ``--instance-id <app>-<i>`` (static membership)
 and the ``i``-th ``--state`` URL when several are given. Supervised workers use
-dynamic group membership so that scale-in hands their tasks over at once.
+dynamic group membership so that scale-in hands their tasks over at once. The
+workers one step starts wait at a shared join gate and join the group together
+(one rebalance, see :mod:`keyshift.app.join_gate`); a restarted worker joins
+alone.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,6 +24,7 @@ from pathlib import Path
 
 import orjson
 
+from keyshift.app.join_gate import GATE_TIMEOUT_S, POLL_S, JoinGate
 from keyshift.dev.paths import keyshift_home
 from keyshift.errors import KeyshiftError
 
@@ -36,6 +41,11 @@ def run_file(app_id: str) -> Path:
 
 def scale_file(app_id: str) -> Path:
     return keyshift_home() / "run" / f"{app_id}.scale"
+
+
+def gate_dir(app_id: str) -> Path:
+    """Where the supervisor of ``app_id`` keeps its join gates."""
+    return keyshift_home() / "run" / f"{app_id}.gates"
 
 
 def find_supervisor(app_id: str) -> dict[str, object]:
@@ -103,6 +113,8 @@ class Supervisor:
         self.slots: dict[int, Slot] = {}
         self._stopping = False
         self._rescale = False
+        self._gates = 0
+        self._opened: list[tuple[float, JoinGate, list[str]]] = []  # (when, gate, instances)
 
     def state_for(self, index: int) -> str | None:
         if not self.states:
@@ -121,17 +133,19 @@ class Supervisor:
             print(text, flush=True)
 
     # -- processes ---------------------------------------------------------------
-    def _command(self, slot: Slot) -> list[str]:
+    def _command(self, slot: Slot, gate: JoinGate | None = None) -> list[str]:
         # Dynamic membership: a retired (scaled-in) worker must leave the group at
         # once; librdkafka's static members only expire after the session timeout.
         cmd = [sys.executable, "-m", "keyshift", "worker", self.app_ref,
                "--instance-id", slot.instance_id, "--no-static-membership"]
         if slot.state:
             cmd += ["--state", slot.state]
+        if gate is not None:
+            cmd += ["--join-gate", str(gate.path)]
         return cmd + self.worker_args
 
-    def _start(self, slot: Slot) -> None:
-        slot.proc = subprocess.Popen(self._command(slot))
+    def _start(self, slot: Slot, gate: JoinGate | None = None) -> None:
+        slot.proc = subprocess.Popen(self._command(slot, gate))
         slot.started_at = time.monotonic()
         slot.history.append(slot.proc.pid)
         where = f" state={_redact(slot.state)}" if slot.state else ""
@@ -167,6 +181,9 @@ class Supervisor:
 
     def _reconcile(self) -> None:
         live = sorted(i for i, s in self.slots.items() if not s.retired)
+        self._gates += 1
+        gate = JoinGate(gate_dir(self.app_id) / f"gate-{self._gates}")
+        started: list[Slot] = []
         for index in range(self.wanted):
             if index not in self.slots or self.slots[index].retired:
                 if len(self.states) > 1 and index >= len(self.states):
@@ -174,13 +191,39 @@ class Supervisor:
                     continue
                 slot = Slot(index, f"{self.app_id}-{index}", self.state_for(index))
                 self.slots[index] = slot
-                self._start(slot)
+                self._start(slot, gate)
+                started.append(slot)
+        if started:
+            self._open_gate(gate, started)
         extra = [self.slots[i] for i in live if i >= self.wanted]
         if extra:
             self._terminate(extra)
             for slot in extra:
                 slot.retired = True
                 self._say(f"instance {slot.instance_id} stopped (scale-in)")
+
+    def _open_gate(self, gate: JoinGate, slots: list[Slot],
+                   timeout_s: float = GATE_TIMEOUT_S) -> None:
+        """Open ``gate`` once every worker in ``slots`` is ready to join (or exited)."""
+        began = time.monotonic()
+        deadline = began + timeout_s
+        waiting = list(slots)
+        while waiting and time.monotonic() < deadline and not self._stopping:
+            waiting = [s for s in waiting if s.proc is not None and s.proc.poll() is None
+                       and not gate.is_ready(s.instance_id)]
+            if waiting:
+                time.sleep(POLL_S)
+        gate.open()
+        now = time.monotonic()
+        # Long after opening, no worker can still be waiting at a gate: delete its files.
+        for opened, old, instances in self._opened:
+            if now - opened > 2 * GATE_TIMEOUT_S:
+                old.remove(instances)
+        self._opened = [o for o in self._opened if now - o[0] <= 2 * GATE_TIMEOUT_S]
+        self._opened.append((now, gate, [s.instance_id for s in slots]))
+        if len(slots) > 1:
+            self._say(f"instances {', '.join(s.instance_id for s in slots)} join together "
+                      f"(ready after {time.monotonic() - began:.1f}s)")
 
     def _watch(self) -> None:
         for slot in self.slots.values():
@@ -204,6 +247,8 @@ class Supervisor:
         path.write_bytes(orjson.dumps({"pid": os.getpid(), "app": self.app_id,
                                        "app_ref": self.app_ref, "instances": self.wanted}))
         scale_file(self.app_id).unlink(missing_ok=True)
+        shutil.rmtree(gate_dir(self.app_id), ignore_errors=True)  # a dead supervisor's
+        gate_dir(self.app_id).mkdir(parents=True)
         try:
             self._reconcile()
             while not self._stopping:
@@ -218,6 +263,7 @@ class Supervisor:
         finally:
             path.unlink(missing_ok=True)
             scale_file(self.app_id).unlink(missing_ok=True)
+            shutil.rmtree(gate_dir(self.app_id), ignore_errors=True)
         return 0
 
 

@@ -39,6 +39,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 
+from keyshift.app.join_gate import JoinGate
 from keyshift.app.kafka import (
     TopicManager,
     apply_group_configs,
@@ -80,13 +81,17 @@ CLOSE_TIMEOUT_S = 30.0
 class Worker:
     """Runs an app's topology as one instance of its consumer group."""
 
-    def __init__(self, topology: Topology, settings: Settings) -> None:
+    def __init__(
+        self, topology: Topology, settings: Settings, *, join_gate: JoinGate | None = None
+    ) -> None:
         self.topology = topology
         self.settings = settings
+        self.join_gate = join_gate
         self.instance = settings.instance_id or f"{socket.gethostname()}-{os.getpid()}"
         self.metrics = Metrics()
         self.tasks: dict[tuple[str, int], Task] = {}
         self._running = False
+        self._stop_asked = False
         self._failed = False
         self._aborts_in_row = 0
         self._rewound: list[Task] = []  # rewound since the last batch was fetched
@@ -107,6 +112,7 @@ class Worker:
     # -- lifecycle ---------------------------------------------------------------
     def stop(self) -> None:
         """Ask the loop to finish its batch, commit, leave the group and return."""
+        self._stop_asked = True
         self._running = False
 
     def run(self) -> None:
@@ -161,18 +167,34 @@ class Worker:
         # group session: verify task ownership before touching state again.
         self._stall_s = group_timeouts(settings)[0] / 2000
         self._consumer = Consumer(consumer_config(settings))
+        if self.join_gate is not None:
+            self._wait_at_gate(self.join_gate)
         self._consumer.subscribe(
             list(self._subs),
             on_assign=self._on_assign,
             on_revoke=self._on_revoke,
             on_lost=self._on_lost,
         )
-        self._running = True
+        self._running = not self._stop_asked
         log.info(
             "worker started",
             extra={"app": settings.app_id, "instance": self.instance,
                    "guarantee": settings.guarantee, "topics": ",".join(self._subs)},
         )
+
+    def _wait_at_gate(self, gate: JoinGate) -> None:
+        """Get the first assignment's reads warm, then join with the others of this step."""
+        assert self._consumer is not None and self._locations is not None
+        self._consumer.list_topics(timeout=TIMEOUT_S)  # broker connection and metadata
+        self._locations.catch_up()
+        waited = time.monotonic()
+        opened = gate.wait(self.instance, stopped=lambda: self._stop_asked)
+        extra = {"instance": self.instance,
+                 "waited_ms": round((time.monotonic() - waited) * 1000)}
+        if opened:
+            log.info("join gate opened", extra=extra)
+        elif not self._stop_asked:
+            log.warning("join gate did not open in time; joining alone", extra=extra)
 
     def _apply_group_configs(self) -> None:
         assert self._admin is not None

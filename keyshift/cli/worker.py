@@ -7,11 +7,13 @@ import io
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
 
 import click
 
+from keyshift.app.join_gate import JoinGate
 from keyshift.cli.loader import load_app
 from keyshift.errors import KeyshiftError
 from keyshift.logs import setup_logging
@@ -68,11 +70,18 @@ def _dump_stacks_on_sigusr1() -> None:
     default=None,
     help="Use --instance-id as group.instance.id [default: yes; env KEYSHIFT_STATIC_MEMBERSHIP].",
 )
+@click.option(
+    "--join-gate",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Get ready, then join the group only once this file exists (at most 60 s). "
+    "`keyshift run` uses it so that the instances one step starts join together.",
+)
 @worker_options
 def worker(
     app_ref: str,
     instance_id: str | None,
     static_membership: bool | None,
+    join_gate: Path | None,
     brokers: str | None,
     state: str | None,
     guarantee: str | None,
@@ -99,7 +108,7 @@ def worker(
             group_protocol=group_protocol,
             commit_interval_ms=commit_interval_ms,
         )
-        runner = app.worker()
+        runner = app.worker(join_gate=JoinGate(join_gate) if join_gate else None)
 
         def on_signal(signum: int, frame: FrameType | None) -> None:
             runner.stop()

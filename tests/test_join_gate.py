@@ -1,0 +1,141 @@
+"""The join gate: the workers one scaling step starts join the group together.
+
+Real supervisor, real processes; the workers are stand-ins that only use the gate
+(the real worker's use of it is covered by the scale tests in test_migrations).
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from keyshift.app import join_gate, supervisor
+from keyshift.app.join_gate import JoinGate
+from keyshift.app.supervisor import Slot, Supervisor
+
+pytestmark = pytest.mark.unit
+
+# A stand-in worker: becomes ready after DELAY seconds (or exits with 3 first if
+# DELAY < 0), then passes the gate and writes the time it did so.
+STAND_IN = """
+import sys, time
+from pathlib import Path
+from keyshift.app.join_gate import JoinGate
+gate, instance, delay, out = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3]), Path(sys.argv[4])
+if delay < 0:
+    sys.exit(3)
+time.sleep(delay)
+opened = JoinGate(gate).wait(instance, timeout_s=30)
+out.write_text(f"{time.time()} {opened}")
+time.sleep(60)
+"""
+
+
+def test_wait_returns_once_the_gate_opens(tmp_path: Path) -> None:
+    gate = JoinGate(tmp_path / "gate")
+    timer = threading.Timer(0.2, gate.open)
+    timer.start()
+    assert gate.wait("w0", timeout_s=30) is True
+    assert gate.is_ready("w0") and gate.is_open()
+    timer.join()
+
+
+def test_wait_gives_up_after_its_timeout_or_when_stopped(tmp_path: Path) -> None:
+    gate = JoinGate(tmp_path / "gate")
+    assert gate.wait("w0", timeout_s=0.05) is False
+    assert gate.is_ready("w0")
+    stopped = threading.Event()
+    threading.Timer(0.1, stopped.set).start()
+    assert gate.wait("w1", timeout_s=30, stopped=stopped.is_set) is False
+    assert not gate.is_open()
+    gate.remove(["w0", "w1"])
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("KEYSHIFT_HOME", str(tmp_path / "home"))
+    supervisor.gate_dir("gated").mkdir(parents=True)
+    return tmp_path
+
+
+def _supervisor(home: Path, delays: dict[int, float]) -> Supervisor:
+    sup = Supervisor("m:app", "gated", len(delays), [], [], echo=False)
+
+    def command(slot: Slot, gate: JoinGate | None = None) -> list[str]:
+        assert gate is not None
+        return [sys.executable, "-c", STAND_IN, str(gate.path), slot.instance_id,
+                str(delays[slot.index]), str(home / f"passed-{slot.index}")]
+
+    sup._command = command  # type: ignore[method-assign]
+    return sup
+
+
+def _passed(home: Path, index: int) -> tuple[float, bool]:
+    path = home / f"passed-{index}"
+    deadline = time.monotonic() + 30
+    while not path.exists() or not path.read_text():
+        assert time.monotonic() < deadline, f"worker {index} never passed the gate"
+        time.sleep(0.02)
+    when, opened = path.read_text().split()
+    return float(when), opened == "True"
+
+
+def test_workers_started_together_pass_the_gate_after_the_slowest_is_ready(home: Path) -> None:
+    delays = {0: 0.0, 1: 0.8, 2: 1.6}
+    sup = _supervisor(home, delays)
+    try:
+        sup._reconcile()
+        gate = JoinGate(supervisor.gate_dir("gated") / "gate-1")
+        slowest_ready = gate.ready_file("gated-2").stat().st_mtime
+        passes = [_passed(home, i) for i in delays]
+        assert all(opened for _, opened in passes)
+        # Nobody joined before the last of them was ready.
+        assert min(when for when, _ in passes) >= slowest_ready
+    finally:
+        sup._terminate(list(sup.slots.values()))
+
+
+def test_a_worker_that_exits_before_it_is_ready_does_not_hold_the_gate(home: Path) -> None:
+    sup = _supervisor(home, {0: 0.0, 1: -1.0})
+    try:
+        sup._reconcile()
+        assert _passed(home, 0)[1] is True
+        assert sup.slots[1].proc is not None and sup.slots[1].proc.wait(10) == 3
+    finally:
+        sup._terminate(list(sup.slots.values()))
+
+
+def test_a_gate_that_nobody_reports_to_opens_after_its_timeout(home: Path) -> None:
+    sup = _supervisor(home, {0: 600.0})
+    gate = JoinGate(supervisor.gate_dir("gated") / "gate-x")
+    slot = Slot(0, "gated-0", None)
+    sup.slots[0] = slot
+    try:
+        sup._start(slot, gate)
+        sup._open_gate(gate, [slot], timeout_s=0.3)
+        assert gate.is_open()
+        assert not gate.is_ready("gated-0")
+        assert slot.proc is not None and slot.proc.poll() is None
+    finally:
+        sup._terminate([slot])
+
+
+@pytest.mark.usefixtures("home")
+def test_old_gates_are_deleted_once_nobody_can_wait_at_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sup = Supervisor("m:app", "gated", 0, [], [], echo=False)
+    first = JoinGate(supervisor.gate_dir("gated") / "gate-1")
+    first.report_ready("gated-0")
+    sup._open_gate(first, [Slot(0, "gated-0", None)])
+    clock = [time.monotonic() + 2 * join_gate.GATE_TIMEOUT_S + 1]
+    monkeypatch.setattr(supervisor.time, "monotonic", lambda: clock[0])
+    second = JoinGate(supervisor.gate_dir("gated") / "gate-2")
+    sup._open_gate(second, [])
+    assert not first.is_open() and not first.is_ready("gated-0")
+    assert second.is_open()
