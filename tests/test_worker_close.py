@@ -294,3 +294,19 @@ def test_a_consumer_close_that_hangs_does_not_keep_the_worker(monkeypatch) -> No
         assert producer.calls[-2:] == ["abort", "flush"]  # the rest is released
     finally:
         release.set()
+
+
+def test_a_slow_batch_is_logged_with_where_its_time_went(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    worker, _, _, _, _ = _setup()
+    monkeypatch.setattr(worker_module, "SLOW_GROUP_S", 0.0)
+    with caplog.at_level("WARNING", logger="keyshift.worker"):
+        worker._process(_msgs(0, ["a", "b", "a"]))
+    slow = [r for r in caplog.records if r.getMessage() == "slow batch"]
+    assert len(slow) == 1
+    fields = slow[0].__dict__
+    assert fields["task"] == "words[0]" and fields["records"] == 3
+    for name in ("seconds", "gc_seconds", "state_read_seconds", "source_read_seconds"):
+        assert isinstance(fields[name], float) and fields[name] >= 0, name
+    assert worker.metrics.records_in == 3

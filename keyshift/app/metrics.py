@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import time
 from dataclasses import dataclass, field
 
 
@@ -18,6 +20,8 @@ class Metrics:
     commit_seconds: float = 0.0
     restores: int = 0
     restored_records: int = 0
+    gc_seconds: float = 0.0  # in the garbage collector (while tracking, see GcClock)
+    gc_max_seconds: float = 0.0
     lag: dict[str, int] = field(default_factory=dict)
     state_keys: dict[str, int] = field(default_factory=dict)
 
@@ -34,6 +38,33 @@ class Metrics:
             "commit_seconds": round(self.commit_seconds, 3),
             "restores": self.restores,
             "restored_records": self.restored_records,
+            "gc_seconds": round(self.gc_seconds, 3),
+            "gc_max_seconds": round(self.gc_max_seconds, 3),
             "lag": dict(self.lag),
             "state_keys": dict(self.state_keys),
         }
+
+
+class GcClock:
+    """Adds the time the garbage collector runs to ``metrics`` (between start and stop)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self._began = 0.0
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._began = time.perf_counter()
+        elif self._began:
+            took = time.perf_counter() - self._began
+            self._began = 0.0
+            self.metrics.gc_seconds += took
+            self.metrics.gc_max_seconds = max(self.metrics.gc_max_seconds, took)
+
+    def start(self) -> None:
+        if self._callback not in gc.callbacks:
+            gc.callbacks.append(self._callback)
+
+    def stop(self) -> None:
+        if self._callback in gc.callbacks:
+            gc.callbacks.remove(self._callback)

@@ -101,6 +101,11 @@ class Task:
         self._committed_seen = dict(self.seen)
 
     # -- processing ------------------------------------------------------------
+    def read_seconds(self) -> tuple[float, float]:
+        """Seconds its tables waited for state reads so far: (local, migration source)."""
+        tables = self.tables.values()
+        return (sum(t.read_seconds for t in tables), sum(t.remote_seconds for t in tables))
+
     def process(self, msgs: list[Message]) -> None:
         if self._stale_from is not None:
             msgs = self._skip_stale(msgs, self._stale_from)

@@ -52,7 +52,7 @@ from keyshift.app.kafka import (
     producer_config,
     restore_consumer_config,
 )
-from keyshift.app.metrics import Metrics
+from keyshift.app.metrics import GcClock, Metrics
 from keyshift.app.task import Task
 from keyshift.config import Settings
 from keyshift.errors import BrokerError, FencedError, KeyshiftError, TransactionAbortable
@@ -71,6 +71,8 @@ log = logging.getLogger("keyshift.worker")
 TIMEOUT_S = 30.0
 # Aborted transactions in a row (no commit between) before the worker gives up.
 MAX_ABORTS_IN_ROW = 5
+# One task's share of a batch taking longer than this is logged with where it went.
+SLOW_GROUP_S = 0.5
 # Longest stretch a background copy works before processing gets its turn.
 COPY_TURN_S = 0.02
 # Leaving the group normally takes well under a second; a close that hangs
@@ -89,6 +91,7 @@ class Worker:
         self.join_gate = join_gate
         self.instance = settings.instance_id or f"{socket.gethostname()}-{os.getpid()}"
         self.metrics = Metrics()
+        self._gc_clock = GcClock(self.metrics)
         self.tasks: dict[tuple[str, int], Task] = {}
         self._running = False
         self._stop_asked = False
@@ -128,6 +131,7 @@ class Worker:
     def start(self) -> None:
         settings, topology = self.settings, self.topology
         topology.validate()
+        self._gc_clock.start()
         topics = TopicManager(settings)
         existing = topics.partition_counts()
         _, specs = topics.plan(topology, existing)
@@ -293,6 +297,7 @@ class Worker:
                 self._events.close()
             if self._store is not None:
                 self._store.close()
+            self._gc_clock.stop()
             log.info("worker stopped", extra={"instance": self.instance,
                                               **self.metrics.snapshot()})
         if error is not None:
@@ -328,7 +333,19 @@ class Worker:
             task = self.tasks.get(key)
             if task is not None:
                 before = task.duplicates
+                began, gc_before = time.monotonic(), self.metrics.gc_seconds
+                reads_before = task.read_seconds()
                 task.process(group)
+                took = time.monotonic() - began
+                if took > SLOW_GROUP_S:
+                    local, remote = (a - b for a, b in zip(task.read_seconds(), reads_before,
+                                                           strict=True))
+                    log.warning("slow batch", extra={
+                        "task": f"{key[0]}[{key[1]}]", "records": len(group),
+                        "seconds": round(took, 3),
+                        "gc_seconds": round(self.metrics.gc_seconds - gc_before, 3),
+                        "state_read_seconds": round(local, 3),
+                        "source_read_seconds": round(remote, 3)})
                 if key in self._restored:
                     stamp_ms = now_ms()
                     for restored in self._restored[key]:

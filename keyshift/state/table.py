@@ -8,6 +8,7 @@ Values are held decoded; they cross the wire as orjson bytes.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
@@ -50,6 +51,8 @@ class Table:
         self._dirty: set[bytes] = set()
         self.source: RemoteSource | None = None
         self._fills: dict[bytes, bytes] = {}
+        self.read_seconds = 0.0  # waiting for the backend's reads
+        self.remote_seconds = 0.0  # waiting for a migration source's reads
 
     def adopt(self, stamp: Stamp | None, epoch: int) -> None:
         """Start from the restored ``stamp``; skip input the stamp already covers."""
@@ -65,12 +68,17 @@ class Table:
     def _load(self, keys: list[bytes]) -> None:
         """Read keys locally, then (mid-migration) the still-absent ones remotely."""
         cache = self._cache
+        began = time.perf_counter()
         values = self.backend.get_many(keys)
+        self.read_seconds += time.perf_counter() - began
         source = self.source
         if source is not None and not source.done:
             absent = [k for k, v in zip(keys, values, strict=True) if v is None]
             if absent:
-                for key, raw in zip(absent, source.fetch(absent), strict=True):
+                began = time.perf_counter()
+                fetched = source.fetch(absent)
+                self.remote_seconds += time.perf_counter() - began
+                for key, raw in zip(absent, fetched, strict=True):
                     if raw is not None:
                         self._fills[key] = raw
                         cache[key] = orjson.loads(raw)
