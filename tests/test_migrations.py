@@ -98,9 +98,12 @@ def test_scale_1_3_1_mid_stream(strategy, guarantee, brokers, admin, redis_urls,
     lines = log.read_text().splitlines()
     crashes = [line for line in lines if "; restarting in" in line]
     assert not crashes, crashes
-    # The two workers the scale-out starts join the group together, at one gate.
+    # The two workers the scale-out starts join the group together, at one gate...
     assert [line for line in lines if "join together" in line], lines[-50:]
     assert len([line for line in lines if "join gate opened" in line]) == 3, lines[-50:]
+    # ... and the two the scale-in stops (then the last one) leave it together.
+    assert len([line for line in lines if "leaving the group with the others" in line]) == 3
+    assert not [line for line in lines if "did not open in time" in line]
     if guarantee == "exactly_once":
         _strictly_increasing(brokers, sink)
     moved = [e for e in _events(brokers, app_id) if e["from_instance"] not in (None,

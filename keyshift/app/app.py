@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from keyshift.app.join_gate import JoinGate
+from keyshift.app.group_gate import GroupGate
 from keyshift.app.worker import Worker
 from keyshift.config import Settings
 from keyshift.operators.serdes import Serde, get_serde
@@ -64,13 +64,13 @@ class App:
         given.update({k: v for k, v in overrides.items() if v is not None})
         self.settings = Settings.build(self.settings.app_id, **given)
 
-    def worker(self, *, join_gate: JoinGate | None = None) -> Worker:
+    def worker(self, *, group_gate: GroupGate | None = None) -> Worker:
         """A worker for this app (call ``run()`` on it, ``stop()`` from elsewhere).
 
-        With ``join_gate`` it subscribes only once the gate opens (see
-        :mod:`keyshift.app.join_gate`).
+        With ``group_gate`` it subscribes only once the gate opens (see
+        :mod:`keyshift.app.group_gate`).
         """
-        return Worker(self.topology, self.settings, join_gate=join_gate)
+        return Worker(self.topology, self.settings, group_gate=group_gate)
 
     def run(self) -> None:
         """Run one worker instance in this process until stopped."""

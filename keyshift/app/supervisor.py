@@ -5,9 +5,8 @@ by writing the wanted count next to the run file and sending SIGHUP. Slot ``i``
 runs ``keyshift worker`` with ``--instance-id <app>-<i>`` (static membership)
 and the ``i``-th ``--state`` URL when several are given. Supervised workers use
 dynamic group membership so that scale-in hands their tasks over at once. The
-workers one step starts wait at a shared join gate and join the group together
-(one rebalance, see :mod:`keyshift.app.join_gate`); a restarted worker joins
-alone.
+workers one step starts join the group together, and those one step stops
+leave it together: one rebalance each (see :mod:`keyshift.app.group_gate`).
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import orjson
 
-from keyshift.app.join_gate import GATE_TIMEOUT_S, POLL_S, JoinGate
+from keyshift.app.group_gate import GATE_TIMEOUT_S, LEAVE_TIMEOUT_S, POLL_S, GroupGate
 from keyshift.dev.paths import keyshift_home
 from keyshift.errors import KeyshiftError
 
@@ -81,6 +80,7 @@ class Slot:
     restarts: int = 0
     started_at: float = 0.0
     retired: bool = False
+    gate: GroupGate | None = None
     history: list[int] = field(default_factory=list)
 
 
@@ -114,7 +114,7 @@ class Supervisor:
         self._stopping = False
         self._rescale = False
         self._gates = 0
-        self._opened: list[tuple[float, JoinGate, list[str]]] = []  # (when, gate, instances)
+        self._opened: list[tuple[float, GroupGate, list[str]]] = []  # (when, gate, instances)
 
     def state_for(self, index: int) -> str | None:
         if not self.states:
@@ -133,7 +133,7 @@ class Supervisor:
             print(text, flush=True)
 
     # -- processes ---------------------------------------------------------------
-    def _command(self, slot: Slot, gate: JoinGate | None = None) -> list[str]:
+    def _command(self, slot: Slot, gate: GroupGate | None = None) -> list[str]:
         # Dynamic membership: a retired (scaled-in) worker must leave the group at
         # once; librdkafka's static members only expire after the session timeout.
         cmd = [sys.executable, "-m", "keyshift", "worker", self.app_ref,
@@ -141,10 +141,15 @@ class Supervisor:
         if slot.state:
             cmd += ["--state", slot.state]
         if gate is not None:
-            cmd += ["--join-gate", str(gate.path)]
+            cmd += ["--group-gate", str(gate.path)]
         return cmd + self.worker_args
 
-    def _start(self, slot: Slot, gate: JoinGate | None = None) -> None:
+    def _new_gate(self) -> GroupGate:
+        self._gates += 1
+        return GroupGate(gate_dir(self.app_id) / f"gate-{self._gates}")
+
+    def _start(self, slot: Slot, gate: GroupGate | None = None) -> None:
+        slot.gate = gate
         slot.proc = subprocess.Popen(self._command(slot, gate))
         slot.started_at = time.monotonic()
         slot.history.append(slot.proc.pid)
@@ -155,6 +160,7 @@ class Supervisor:
         for slot in slots:
             if slot.proc is not None and slot.proc.poll() is None:
                 slot.proc.send_signal(signal.SIGTERM)
+        self._let_leave(slots)
         deadline = time.monotonic() + STOP_GRACE_S
         for slot in slots:
             if slot.proc is None:
@@ -170,6 +176,22 @@ class Supervisor:
                             extra={"pid": slot.proc.pid})
                 slot.proc.kill()
                 slot.proc.wait()
+            if slot.gate is not None:
+                slot.gate.forget(slot.instance_id)
+
+    def _let_leave(self, slots: list[Slot], timeout_s: float = LEAVE_TIMEOUT_S) -> None:
+        """Let stopping workers leave the group once all of them have committed."""
+        gated = [s for s in slots if s.gate is not None and s.proc is not None]
+        waiting = list(gated)
+        deadline = time.monotonic() + timeout_s
+        while waiting and time.monotonic() < deadline:
+            waiting = [s for s in waiting if s.proc is not None and s.proc.poll() is None
+                       and s.gate is not None and not s.gate.is_leaving(s.instance_id)]
+            if waiting:
+                time.sleep(POLL_S)
+        for slot in gated:
+            assert slot.gate is not None
+            slot.gate.let_leave(slot.instance_id)
 
     def _apply_scale(self) -> None:
         path = scale_file(self.app_id)
@@ -181,8 +203,7 @@ class Supervisor:
 
     def _reconcile(self) -> None:
         live = sorted(i for i, s in self.slots.items() if not s.retired)
-        self._gates += 1
-        gate = JoinGate(gate_dir(self.app_id) / f"gate-{self._gates}")
+        gate = self._new_gate()
         started: list[Slot] = []
         for index in range(self.wanted):
             if index not in self.slots or self.slots[index].retired:
@@ -202,7 +223,7 @@ class Supervisor:
                 slot.retired = True
                 self._say(f"instance {slot.instance_id} stopped (scale-in)")
 
-    def _open_gate(self, gate: JoinGate, slots: list[Slot],
+    def _open_gate(self, gate: GroupGate, slots: list[Slot],
                    timeout_s: float = GATE_TIMEOUT_S) -> None:
         """Open ``gate`` once every worker in ``slots`` is ready to join (or exited)."""
         began = time.monotonic()
@@ -231,6 +252,8 @@ class Supervisor:
                 continue
             code = slot.proc.poll()
             if code is None:
+                if slot.gate is not None and slot.gate.is_leaving(slot.instance_id):
+                    slot.gate.let_leave(slot.instance_id)  # stopped by someone else
                 continue
             backoff = RESTART_BACKOFF_S[min(slot.restarts, len(RESTART_BACKOFF_S) - 1)]
             if time.monotonic() - slot.started_at > 30:
@@ -239,7 +262,9 @@ class Supervisor:
             self._say(f"instance {slot.instance_id} exited with {code}; restarting in {backoff}s")
             time.sleep(backoff)
             if not self._stopping:
-                self._start(slot)
+                gate = self._new_gate()  # open: it joins alone, but leaves with the others
+                gate.open()
+                self._start(slot, gate)
 
     def run(self) -> int:
         path = run_file(self.app_id)

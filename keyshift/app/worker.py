@@ -39,7 +39,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 
-from keyshift.app.join_gate import JoinGate
+from keyshift.app.group_gate import GroupGate
 from keyshift.app.kafka import (
     TopicManager,
     apply_group_configs,
@@ -84,11 +84,11 @@ class Worker:
     """Runs an app's topology as one instance of its consumer group."""
 
     def __init__(
-        self, topology: Topology, settings: Settings, *, join_gate: JoinGate | None = None
+        self, topology: Topology, settings: Settings, *, group_gate: GroupGate | None = None
     ) -> None:
         self.topology = topology
         self.settings = settings
-        self.join_gate = join_gate
+        self.group_gate = group_gate
         self.instance = settings.instance_id or f"{socket.gethostname()}-{os.getpid()}"
         self.metrics = Metrics()
         self._gc_clock = GcClock(self.metrics)
@@ -171,8 +171,8 @@ class Worker:
         # group session: verify task ownership before touching state again.
         self._stall_s = group_timeouts(settings)[0] / 2000
         self._consumer = Consumer(consumer_config(settings))
-        if self.join_gate is not None:
-            self._wait_at_gate(self.join_gate)
+        if self.group_gate is not None:
+            self._join_at_gate(self.group_gate)
         self._consumer.subscribe(
             list(self._subs),
             on_assign=self._on_assign,
@@ -186,7 +186,18 @@ class Worker:
                    "guarantee": settings.guarantee, "topics": ",".join(self._subs)},
         )
 
-    def _wait_at_gate(self, gate: JoinGate) -> None:
+    def _leave_at_gate(self, gate: GroupGate) -> None:
+        """Committed: leave the group together with the others stopped in this step."""
+        waited = time.monotonic()
+        allowed = gate.wait_to_leave(self.instance)
+        extra = {"instance": self.instance,
+                 "waited_ms": round((time.monotonic() - waited) * 1000)}
+        if allowed:
+            log.info("leaving the group with the others stopped with it", extra=extra)
+        else:
+            log.warning("leave gate did not open in time; leaving alone", extra=extra)
+
+    def _join_at_gate(self, gate: GroupGate) -> None:
         """Get the first assignment's reads warm, then join with the others of this step."""
         assert self._consumer is not None and self._locations is not None
         self._consumer.list_topics(timeout=TIMEOUT_S)  # broker connection and metadata
@@ -268,6 +279,8 @@ class Worker:
         try:
             if not self._failed and self._consumer is not None:
                 self.commit()
+                if self.group_gate is not None and self._stop_asked:
+                    self._leave_at_gate(self.group_gate)
         except BaseException:
             self._failed = True  # the revocation callback must not commit again
             raise

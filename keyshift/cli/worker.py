@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import click
 
-from keyshift.app.join_gate import JoinGate
+from keyshift.app.group_gate import GroupGate
 from keyshift.cli.loader import load_app
 from keyshift.errors import KeyshiftError
 from keyshift.logs import setup_logging
@@ -71,17 +71,18 @@ def _dump_stacks_on_sigusr1() -> None:
     help="Use --instance-id as group.instance.id [default: yes; env KEYSHIFT_STATIC_MEMBERSHIP].",
 )
 @click.option(
-    "--join-gate",
+    "--group-gate",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Get ready, then join the group only once this file exists (at most 60 s). "
-    "`keyshift run` uses it so that the instances one step starts join together.",
+    help="Used by `keyshift run`: join the group only once this file exists (at most "
+    "60 s), and when stopped, leave it once the supervisor allows (at most 5 s), so "
+    "that the instances one step starts (or stops) join (or leave) together.",
 )
 @worker_options
 def worker(
     app_ref: str,
     instance_id: str | None,
     static_membership: bool | None,
-    join_gate: Path | None,
+    group_gate: Path | None,
     brokers: str | None,
     state: str | None,
     guarantee: str | None,
@@ -108,7 +109,7 @@ def worker(
             group_protocol=group_protocol,
             commit_interval_ms=commit_interval_ms,
         )
-        runner = app.worker(join_gate=JoinGate(join_gate) if join_gate else None)
+        runner = app.worker(group_gate=GroupGate(group_gate) if group_gate else None)
 
         def on_signal(signum: int, frame: FrameType | None) -> None:
             runner.stop()

@@ -1,4 +1,5 @@
-"""The join gate: the workers one scaling step starts join the group together.
+"""The group gate: the workers one scaling step starts join the group together,
+and those one step stops leave it together.
 
 Real supervisor, real processes; the workers are stand-ins that only use the gate
 (the real worker's use of it is covered by the scale tests in test_migrations).
@@ -13,30 +14,40 @@ from pathlib import Path
 
 import pytest
 
-from keyshift.app import join_gate, supervisor
-from keyshift.app.join_gate import JoinGate
+from keyshift.app import group_gate, supervisor
+from keyshift.app.group_gate import GroupGate
 from keyshift.app.supervisor import Slot, Supervisor
 
 pytestmark = pytest.mark.unit
 
 # A stand-in worker: becomes ready after DELAY seconds (or exits with 3 first if
-# DELAY < 0), then passes the gate and writes the time it did so.
+# DELAY < 0), passes the gate and writes the time it did so. On SIGTERM it
+# "commits" for LEAVE_DELAY seconds, waits to leave, writes when it left, exits.
 STAND_IN = """
-import sys, time
+import signal, sys, time
 from pathlib import Path
-from keyshift.app.join_gate import JoinGate
-gate, instance, delay, out = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3]), Path(sys.argv[4])
+from keyshift.app.group_gate import GroupGate
+gate, instance = GroupGate(Path(sys.argv[1])), sys.argv[2]
+delay, out, leave_delay = float(sys.argv[3]), Path(sys.argv[4]), float(sys.argv[5])
+stopping = []
+signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
 if delay < 0:
     sys.exit(3)
 time.sleep(delay)
-opened = JoinGate(gate).wait(instance, timeout_s=30)
+opened = gate.wait(instance, timeout_s=30)
 out.write_text(f"{time.time()} {opened}")
-time.sleep(60)
+deadline = time.monotonic() + 60
+while not stopping and time.monotonic() < deadline:
+    time.sleep(0.01)
+time.sleep(leave_delay)
+Path(f"{out}.leaving").write_text(f"{time.time()} True")
+allowed = gate.wait_to_leave(instance, timeout_s=30)
+Path(f"{out}.left").write_text(f"{time.time()} {allowed}")
 """
 
 
 def test_wait_returns_once_the_gate_opens(tmp_path: Path) -> None:
-    gate = JoinGate(tmp_path / "gate")
+    gate = GroupGate(tmp_path / "gate")
     timer = threading.Timer(0.2, gate.open)
     timer.start()
     assert gate.wait("w0", timeout_s=30) is True
@@ -45,7 +56,7 @@ def test_wait_returns_once_the_gate_opens(tmp_path: Path) -> None:
 
 
 def test_wait_gives_up_after_its_timeout_or_when_stopped(tmp_path: Path) -> None:
-    gate = JoinGate(tmp_path / "gate")
+    gate = GroupGate(tmp_path / "gate")
     assert gate.wait("w0", timeout_s=0.05) is False
     assert gate.is_ready("w0")
     stopped = threading.Event()
@@ -63,20 +74,22 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def _supervisor(home: Path, delays: dict[int, float]) -> Supervisor:
+def _supervisor(home: Path, delays: dict[int, float],
+                leave_delays: dict[int, float] | None = None) -> Supervisor:
     sup = Supervisor("m:app", "gated", len(delays), [], [], echo=False)
 
-    def command(slot: Slot, gate: JoinGate | None = None) -> list[str]:
+    def command(slot: Slot, gate: GroupGate | None = None) -> list[str]:
         assert gate is not None
+        leave = (leave_delays or {}).get(slot.index, 0.0)
         return [sys.executable, "-c", STAND_IN, str(gate.path), slot.instance_id,
-                str(delays[slot.index]), str(home / f"passed-{slot.index}")]
+                str(delays[slot.index]), str(home / f"passed-{slot.index}"), str(leave)]
 
     sup._command = command  # type: ignore[method-assign]
     return sup
 
 
-def _passed(home: Path, index: int) -> tuple[float, bool]:
-    path = home / f"passed-{index}"
+def _passed(home: Path, index: int, what: str = "passed-{}") -> tuple[float, bool]:
+    path = home / what.format(index)
     deadline = time.monotonic() + 30
     while not path.exists() or not path.read_text():
         assert time.monotonic() < deadline, f"worker {index} never passed the gate"
@@ -90,7 +103,7 @@ def test_workers_started_together_pass_the_gate_after_the_slowest_is_ready(home:
     sup = _supervisor(home, delays)
     try:
         sup._reconcile()
-        gate = JoinGate(supervisor.gate_dir("gated") / "gate-1")
+        gate = GroupGate(supervisor.gate_dir("gated") / "gate-1")
         slowest_ready = gate.ready_file("gated-2").stat().st_mtime
         passes = [_passed(home, i) for i in delays]
         assert all(opened for _, opened in passes)
@@ -112,7 +125,7 @@ def test_a_worker_that_exits_before_it_is_ready_does_not_hold_the_gate(home: Pat
 
 def test_a_gate_that_nobody_reports_to_opens_after_its_timeout(home: Path) -> None:
     sup = _supervisor(home, {0: 600.0})
-    gate = JoinGate(supervisor.gate_dir("gated") / "gate-x")
+    gate = GroupGate(supervisor.gate_dir("gated") / "gate-x")
     slot = Slot(0, "gated-0", None)
     sup.slots[0] = slot
     try:
@@ -130,12 +143,40 @@ def test_old_gates_are_deleted_once_nobody_can_wait_at_them(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     sup = Supervisor("m:app", "gated", 0, [], [], echo=False)
-    first = JoinGate(supervisor.gate_dir("gated") / "gate-1")
-    first.report_ready("gated-0")
+    first = GroupGate(supervisor.gate_dir("gated") / "gate-1")
+    first.ready_file("gated-0").touch()
     sup._open_gate(first, [Slot(0, "gated-0", None)])
-    clock = [time.monotonic() + 2 * join_gate.GATE_TIMEOUT_S + 1]
+    clock = [time.monotonic() + 2 * group_gate.GATE_TIMEOUT_S + 1]
     monkeypatch.setattr(supervisor.time, "monotonic", lambda: clock[0])
-    second = JoinGate(supervisor.gate_dir("gated") / "gate-2")
+    second = GroupGate(supervisor.gate_dir("gated") / "gate-2")
     sup._open_gate(second, [])
     assert not first.is_open() and not first.is_ready("gated-0")
     assert second.is_open()
+
+
+def test_wait_to_leave_returns_once_let_leave_or_after_its_timeout(tmp_path: Path) -> None:
+    gate = GroupGate(tmp_path / "gate")
+    assert gate.wait_to_leave("w0", timeout_s=0.05) is False
+    assert gate.is_leaving("w0")
+    threading.Timer(0.1, gate.let_leave, args=("w1",)).start()
+    assert gate.wait_to_leave("w1", timeout_s=30) is True
+    gate.forget("w0")
+    gate.forget("w1")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_workers_stopped_together_leave_after_the_slowest_has_committed(home: Path) -> None:
+    delays = {0: 0.0, 1: 0.0, 2: 0.0}
+    sup = _supervisor(home, delays, leave_delays={0: 0.0, 1: 0.5, 2: 1.2})
+    sup._reconcile()
+    for i in delays:
+        _passed(home, i)
+    gate = GroupGate(supervisor.gate_dir("gated") / "gate-1")
+    sup._terminate(list(sup.slots.values()))
+    left = [_passed(home, i, "passed-{}.left") for i in delays]
+    assert all(allowed for _, allowed in left)
+    assert all(s.proc is not None and s.proc.returncode == 0 for s in sup.slots.values())
+    # Nobody left before the slowest was ready to.
+    slowest_ready = max(_passed(home, i, "passed-{}.leaving")[0] for i in delays)
+    assert min(when for when, _ in left) >= slowest_ready
+    assert not any(gate.is_leaving(f"gated-{i}") for i in delays)  # exited: files gone

@@ -1,0 +1,108 @@
+"""Instances started together join the group together; stopped together, leave together.
+
+**Joining.** Instances started by one scaling step would otherwise join one by
+one, as each finishes starting up (seconds apart on a busy machine). Every join
+is then a rebalance of its own: the old owners revoke in waves, and a
+partition may move twice (old owner -> first new member -> second new member).
+The supervisor hands each worker it starts in one step the same gate. A worker
+gets ready (clients, state store, locations read), reports it, and subscribes
+only once the gate opens. The supervisor opens it when every worker of the step
+has reported ready, or has exited, or after :data:`GATE_TIMEOUT_S`.
+
+**Leaving.** Instances stopped by one step would otherwise leave one by one,
+as each finishes its last batch and commit. A partition of the first to leave
+may then be given to another that is itself about to leave, and moves twice.
+A stopping worker commits, reports that it is ready to leave, and leaves the
+group once the supervisor says so: when every worker stopped in that step is
+ready (or has exited), or after :data:`LEAVE_TIMEOUT_S`.
+
+The gate is a few files next to the supervisor's run file: ``<gate>`` once
+open, and per worker ``<gate>.<instance>.ready`` (ready to join),
+``.leaving`` (ready to leave) and ``.leave`` (may leave now). A worker whose
+supervisor is gone goes on alone after the timeout.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+#: Longest a worker waits at a gate to join (and a supervisor for its workers to be ready).
+GATE_TIMEOUT_S = 60.0
+#: Longest a stopping worker, committed, waits for the others stopping with it.
+LEAVE_TIMEOUT_S = 5.0
+#: How often both sides look at the gate's files.
+POLL_S = 0.005
+
+
+def _wait_for(path: Path, timeout_s: float, stopped: Callable[[], bool]) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        if stopped() or time.monotonic() >= deadline:
+            return False
+        time.sleep(POLL_S)
+    return True
+
+
+@dataclass(frozen=True)
+class GroupGate:
+    """One scaling step's gate: ``path`` exists once it is open for joining."""
+
+    path: Path
+
+    def _file(self, instance: str, suffix: str) -> Path:
+        return self.path.with_name(f"{self.path.name}.{instance}.{suffix}")
+
+    def ready_file(self, instance: str) -> Path:
+        return self._file(instance, "ready")
+
+    def is_ready(self, instance: str) -> bool:
+        return self.ready_file(instance).exists()
+
+    def is_open(self) -> bool:
+        return self.path.exists()
+
+    def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.touch()
+
+    def wait(
+        self,
+        instance: str,
+        *,
+        timeout_s: float = GATE_TIMEOUT_S,
+        stopped: Callable[[], bool] = lambda: False,
+    ) -> bool:
+        """Report ``instance`` ready to join, then wait for the gate to open.
+
+        Returns True once it opened; False after ``timeout_s`` or as soon as
+        ``stopped()`` is true (the caller then joins anyway, or stops).
+        """
+        self.ready_file(instance).touch()
+        return _wait_for(self.path, timeout_s, stopped)
+
+    # -- leaving -------------------------------------------------------------
+    def is_leaving(self, instance: str) -> bool:
+        return self._file(instance, "leaving").exists()
+
+    def let_leave(self, instance: str) -> None:
+        self._file(instance, "leave").touch()
+
+    def wait_to_leave(self, instance: str, *, timeout_s: float = LEAVE_TIMEOUT_S) -> bool:
+        """Report ``instance`` ready to leave, then wait until it may (True) or
+        ``timeout_s`` passed (False)."""
+        self._file(instance, "leaving").touch()
+        return _wait_for(self._file(instance, "leave"), timeout_s, lambda: False)
+
+    def forget(self, instance: str) -> None:
+        """Delete ``instance``'s files (it has exited)."""
+        for suffix in ("ready", "leaving", "leave"):
+            self._file(instance, suffix).unlink(missing_ok=True)
+
+    def remove(self, instances: Iterable[str]) -> None:
+        """Delete the gate's files (once no worker can still be waiting at it)."""
+        for instance in instances:
+            self.forget(instance)
+        self.path.unlink(missing_ok=True)
