@@ -178,6 +178,11 @@ class Task:
                 return False
         return False
 
+    def release(self) -> None:
+        """The task left this worker: free its tables' caches."""
+        for table in self.tables.values():
+            table.release()
+
     def has_progress(self) -> bool:
         return self.position is not None and self.position != self.committed_position
 

@@ -72,7 +72,7 @@ TIMEOUT_S = 30.0
 # Aborted transactions in a row (no commit between) before the worker gives up.
 MAX_ABORTS_IN_ROW = 5
 # One task's share of a batch taking longer than this is logged with where it went.
-SLOW_GROUP_S = 0.5
+SLOW_GROUP_S = 0.2
 # Longest stretch a background copy works before processing gets its turn.
 COPY_TURN_S = 0.02
 # Leaving the group normally takes well under a second; a close that hangs
@@ -637,12 +637,16 @@ class Worker:
         for task in list(self.tasks.values()):
             self._fenced(task)
 
-    def _drop(self, topic: str, partition: int) -> None:
-        self.tasks.pop((topic, partition), None)
+    def _drop(self, topic: str, partition: int, *, release: bool = True) -> Task | None:
+        """Forget a task that left this worker (its caches freed unless ``release`` is False)."""
+        task = self.tasks.pop((topic, partition), None)
+        if task is not None and release:
+            task.release()
         for restored in self._restored.pop((topic, partition), []):
             event = restored.event
             if self._events is not None and not event.emitted and event.duration_ms is not None:
                 self._events.emit(event)
+        return task
 
     def _migration_tick(self, *, copy: bool = True) -> None:
         """Emit finished migrations and, on its turn, advance the background copies.
@@ -749,9 +753,11 @@ class Worker:
             self._release(consumer, partitions)
 
     def _release(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        for tp in partitions:
-            self._drop(tp.topic, tp.partition)
+        dropped = [self._drop(tp.topic, tp.partition, release=False) for tp in partitions]
         consumer.incremental_unassign(partitions)
+        for task in dropped:  # after the unassignment, so as not to delay its ack
+            if task is not None:
+                task.release()
 
 
 # Delivery errors of records an aborted transaction dropped before sending them.
