@@ -61,10 +61,10 @@ from keyshift.migrations.locations import LocationsView
 from keyshift.migrations.restore import Restored, Restorer
 from keyshift.operators.topology import Topology
 from keyshift.polling import consume_available
-from keyshift.state.base import Store
+from keyshift.state.base import Stamp, Store
 from keyshift.state.changelog import MARKER_KEY
 from keyshift.state.factory import open_store
-from keyshift.state.table import Table
+from keyshift.state.table import Table, write_tables
 
 log = logging.getLogger("keyshift.worker")
 
@@ -468,25 +468,35 @@ class Worker:
             if left:
                 raise BrokerError(f"{left} records not delivered within {TIMEOUT_S:.0f}s")
         if self._delivery_errors:
-            errors, self._delivery_errors = self._delivery_errors[:5], []
-            raise BrokerError("delivery failed: " + "; ".join(errors))
+            failed, self._delivery_errors = self._delivery_errors[:5], []
+            raise BrokerError("delivery failed: " + "; ".join(failed))
+        # Every table's changes and stamp in one round trip per Redis server.
+        writes: list[tuple[Task, Table, dict[bytes, bytes | None], Stamp]] = []
+        written_ms = now_ms()
         for task, store, table, changes in pending:
             if (task.topic, task.partition) not in self.tasks:
                 continue
             topic = self.topology.changelog_topic(store)
             offset = self._marker_offsets.pop((topic, task.partition))
-            stamp = replace(task.stamp(table.epoch), changelog_offset=offset + 1, ts_ms=now_ms())
-            try:
-                table.write(changes, stamp)
-            except FencedError as exc:
-                log.warning(
-                    "task fenced: another instance owns it now; dropping it",
-                    extra={"topic": task.topic, "partition": task.partition, "error": str(exc)},
-                )
-                self._drop(task.topic, task.partition)
+            stamp = replace(task.stamp(table.epoch), changelog_offset=offset + 1,
+                            ts_ms=written_ms)
+            writes.append((task, table, changes, stamp))
+        errors = write_tables([(table, changes, stamp) for _, table, changes, stamp in writes])
+        for (task, table, changes, stamp), error in zip(writes, errors, strict=True):
+            if isinstance(error, FencedError):
+                if (task.topic, task.partition) in self.tasks:
+                    log.warning(
+                        "task fenced: another instance owns it now; dropping it",
+                        extra={"topic": task.topic, "partition": task.partition,
+                               "error": str(error)},
+                    )
+                    self._drop(task.topic, task.partition)
                 continue
-            table.committed(stamp)
-            self.metrics.flushed_keys += len(changes)
+            if error is not None:
+                raise error
+            if (task.topic, task.partition) in self.tasks:
+                table.committed(stamp)
+                self.metrics.flushed_keys += len(changes)
         if not self.settings.exactly_once:
             live = [o for o in offsets if (o.topic, o.partition) in self.tasks]
             if live:

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from keyshift.errors import StateError
 from keyshift.operators.stream import MISSING
 from keyshift.state.base import Stamp, StorePartition
 
@@ -131,12 +132,16 @@ class Table:
         Mid-migration, keys deleted here are first deleted at the source too, so
         neither the background copy nor an on-demand fetch brings them back.
         """
+        error = write_tables([(self, changes, stamp)])[0]
+        if error is not None:
+            raise error
+
+    def _forget_at_source(self, changes: dict[bytes, bytes | None]) -> None:
         source = self.source
         if source is not None and not source.done:
             deleted = [k for k, v in changes.items() if v is None]
             if deleted:
                 source.forget(deleted)
-        self.backend.commit(changes, stamp, self.epoch)
 
     def committed(self, stamp: Stamp) -> None:
         """The changes taken are durable; evict the cache if it grew too large."""
@@ -169,3 +174,34 @@ class Table:
 
     def __len__(self) -> int:
         return len(self._cache)
+
+
+def write_tables(
+    writes: Sequence[tuple[Table, dict[bytes, bytes | None], Stamp]],
+) -> list[StateError | None]:
+    """Commit several tables (see :meth:`Table.write`), batched where the backend
+    can: one round trip per Redis server instead of one per table.
+
+    Each table is fenced on its own. Returns one error (or None) per write;
+    nothing is raised, so one fenced table does not hide the others' results.
+    """
+    for table, changes, _ in writes:
+        table._forget_at_source(changes)
+    results: list[StateError | None] = [None] * len(writes)
+    batches: dict[Any, list[int]] = {}
+    for i, (table, _, _) in enumerate(writes):
+        batches.setdefault(getattr(type(table.backend), "commit_many", None), []).append(i)
+    for commit_many, indexes in batches.items():
+        if commit_many is None:
+            for i in indexes:
+                table, changes, stamp = writes[i]
+                try:
+                    table.backend.commit(changes, stamp, table.epoch)
+                except StateError as exc:
+                    results[i] = exc
+            continue
+        errors = commit_many([(writes[i][0].backend, writes[i][1], writes[i][2],
+                               writes[i][0].epoch) for i in indexes])
+        for i, error in zip(indexes, errors, strict=True):
+            results[i] = error
+    return results

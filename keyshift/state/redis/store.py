@@ -130,6 +130,13 @@ class RedisPartition:
         return cast("list[bytes | None]", self._r.hmget(self.data_key, list(keys)))
 
     def commit(self, changes: Mapping[bytes, bytes | None], stamp: Stamp, epoch: int) -> None:
+        error = RedisPartition.commit_many([(self, changes, stamp, epoch)])[0]
+        if error is not None:
+            raise error
+
+    def _queue_commit(self, pipe: Any, changes: Mapping[bytes, bytes | None], stamp: Stamp,
+                      epoch: int) -> int:
+        """Queue the commit's script calls on ``pipe``; returns how many."""
         sets = [(k, v) for k, v in changes.items() if v is not None]
         deletes = [k for k, v in changes.items() if v is None]
         calls: list[list[bytes | str | int]] = []
@@ -142,15 +149,44 @@ class RedisPartition:
         for start in range(0, len(deletes), CHUNK):
             calls.append([epoch, "", 0, *deletes[start : start + CHUNK]])
         calls.append([epoch, stamp.encode(), 0])
-        pipe = self._r.pipeline(transaction=True)
         for args in calls:
             self._script(keys=[self.data_key, self.meta_key], args=args, client=pipe)
-        try:
-            pipe.execute()
-        except redis.ResponseError as exc:
-            raise self._error(exc) from exc
-        except redis.RedisError as exc:
-            raise StateError(f"state commit to {self.data_key} failed: {exc}") from exc
+        return len(calls)
+
+    @staticmethod
+    def commit_many(
+        writes: Sequence[tuple[RedisPartition, Mapping[bytes, bytes | None], Stamp, int]],
+    ) -> list[StateError | None]:
+        """Commit several partitions: one MULTI/EXEC round trip per Redis client.
+
+        Each partition is fenced on its own: a fenced one writes nothing and gets
+        a :class:`FencedError`, the others are written. Returns one error (or
+        None) per write.
+        """
+        results: list[StateError | None] = [None] * len(writes)
+        by_client: dict[int, list[int]] = {}
+        for i, (part, _, _, _) in enumerate(writes):
+            by_client.setdefault(id(part._r), []).append(i)
+        for indexes in by_client.values():
+            pipe = writes[indexes[0]][0]._r.pipeline(transaction=True)
+            spans = [(i, writes[i][0]._queue_commit(pipe, *writes[i][1:])) for i in indexes]
+            try:
+                replies = pipe.execute(raise_on_error=False)
+            except redis.RedisError as exc:
+                for i in indexes:
+                    results[i] = StateError(
+                        f"state commit to {writes[i][0].data_key} failed: {exc}")
+                continue
+            at = 0
+            for i, count in spans:
+                errors = [r for r in replies[at : at + count] if isinstance(r, Exception)]
+                at += count
+                if errors:
+                    part, error = writes[i][0], errors[0]
+                    results[i] = (part._error(error) if isinstance(error, redis.ResponseError)
+                                  else StateError(f"state commit to {part.data_key} failed: "
+                                                  f"{error}"))
+        return results
 
     def _error(self, exc: redis.ResponseError) -> StateError:
         if "FENCED" in str(exc):
