@@ -219,7 +219,8 @@ def test_process_drops_duplicates_and_counts_them() -> None:
         ("out", b"x", b"3"),
     ]
     assert task.seen == {0: (11, 0), 1: (4, 0)}
-    assert task.stamp(3) == Stamp(6, -1, {0: (11, 0), 1: (4, 0)}, 3)
+    assert task.last_processed_ms > 0  # when the batch was processed: a pause starts there
+    assert task.stamp(3) == Stamp(6, -1, {0: (11, 0), 1: (4, 0)}, 3, task.last_processed_ms)
     assert sink.dead == []
 
 

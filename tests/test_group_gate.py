@@ -29,12 +29,12 @@ from pathlib import Path
 from keyshift.app.group_gate import GroupGate
 gate, instance = GroupGate(Path(sys.argv[1])), sys.argv[2]
 delay, out, leave_delay = float(sys.argv[3]), Path(sys.argv[4]), float(sys.argv[5])
-stopping = []
-signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
 if delay < 0:
     sys.exit(3)
 time.sleep(delay)
 opened = gate.wait(instance, timeout_s=30)
+stopping = []  # from here on, SIGTERM means: commit, then leave with the others
+signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
 out.write_text(f"{time.time()} {opened}")
 deadline = time.monotonic() + 60
 while not stopping and time.monotonic() < deadline:

@@ -248,7 +248,7 @@ def event(**kw: object) -> MigrationEvent:
 
 
 def test_record_first_computes_pause_once() -> None:
-    ev = event(previous_commit_ms=1_000)
+    ev = event(previous_record_ms=1_000)
     ev.record_first(1_250)
     assert ev.first_record_ms == 1_250 and ev.pause_ms == 250
     ev.record_first(9_999)  # only the first record counts
@@ -256,7 +256,7 @@ def test_record_first_computes_pause_once() -> None:
 
 
 def test_record_received_splits_resume_into_fetch_and_processing() -> None:
-    ev = event(assigned_ms=1_000, previous_commit_ms=600)
+    ev = event(assigned_ms=1_000, previous_record_ms=600)
     ev.record_received(1_030)
     ev.record_received(1_090)  # only the first batch counts
     ev.record_first(1_100)
@@ -270,7 +270,7 @@ def test_record_first_without_previous_commit_has_no_pause() -> None:
 
 
 def test_record_first_clock_skew_never_negative() -> None:
-    ev = event(previous_commit_ms=2_000)
+    ev = event(previous_record_ms=2_000)
     ev.record_first(1_500)
     assert ev.pause_ms == 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -59,6 +60,7 @@ class Task:
         self.seen: dict[int, tuple[int, int]] = {}
         self._committed_seen: dict[int, tuple[int, int]] = {}
         self.mid_batch = False
+        self.last_processed_ms = 0  # wall clock, end of the last batch processed
         self.records_in = 0
         self.duplicates = 0
         self._push = compile_subtopology(sub, self)
@@ -153,6 +155,7 @@ class Task:
                 self._dead_letter(msg, "process", exc)
         self.records_in += len(msgs)
         self.position = msgs[-1].offset() + 1
+        self.last_processed_ms = int(time.time() * 1000)
         self.mid_batch = False
 
     def _skip_stale(self, msgs: list[Message], stale_from: int) -> list[Message]:
@@ -218,7 +221,7 @@ class Task:
 
     def stamp(self, epoch: int) -> Stamp:
         assert self.position is not None
-        return Stamp(self.position, -1, dict(self.seen), epoch)
+        return Stamp(self.position, -1, dict(self.seen), epoch, self.last_processed_ms)
 
     def __repr__(self) -> str:
         return f"Task({self.topic}[{self.partition}])"

@@ -472,14 +472,12 @@ class Worker:
             raise BrokerError("delivery failed: " + "; ".join(failed))
         # Every table's changes and stamp in one round trip per Redis server.
         writes: list[tuple[Task, Table, dict[bytes, bytes | None], Stamp]] = []
-        written_ms = now_ms()
         for task, store, table, changes in pending:
             if (task.topic, task.partition) not in self.tasks:
                 continue
             topic = self.topology.changelog_topic(store)
             offset = self._marker_offsets.pop((topic, task.partition))
-            stamp = replace(task.stamp(table.epoch), changelog_offset=offset + 1,
-                            ts_ms=written_ms)
+            stamp = replace(task.stamp(table.epoch), changelog_offset=offset + 1)
             writes.append((task, table, changes, stamp))
         errors = write_tables([(table, changes, stamp) for _, table, changes, stamp in writes])
         for (task, table, changes, stamp), error in zip(writes, errors, strict=True):
@@ -524,7 +522,7 @@ class Worker:
                 for key, value in changes.items():
                     self._produce_changelog(topic, task.partition, key, value)
                 marker_key = (topic, task.partition)
-                stamp = replace(task.stamp(table.epoch), ts_ms=now_ms())
+                stamp = task.stamp(table.epoch)
                 self._produce_changelog(
                     topic, task.partition, MARKER_KEY, stamp.encode(),
                     on_delivery=partial(self._on_marker, marker_key),

@@ -21,8 +21,9 @@ def now_ms() -> int:
 class MigrationEvent:
     """What one migration did and cost.
 
-    ``pause_ms``: last commit of the previous owner -> first record processed
-    here (includes the group rebalance). ``resume_ms``: assignment -> first
+    ``pause_ms``: last record processed by the previous owner -> first record
+    processed here (includes the previous owner's last commit and the group
+    rebalance). ``resume_ms``: assignment -> first
     record processed (the part keyshift adds beyond the rebalance), of which
     ``fetch_ms`` is assignment -> first record received from Kafka.
     ``duration_ms``: assignment -> state fully local.
@@ -38,7 +39,7 @@ class MigrationEvent:
     to_instance: str
     to_url: str
     assigned_ms: int
-    previous_commit_ms: int = 0
+    previous_record_ms: int = 0
     keys: int = 0
     bytes: int = 0
     fetched_on_demand: int = 0
@@ -62,8 +63,8 @@ class MigrationEvent:
         if self.first_record_ms is None:
             self.first_record_ms = when_ms
             self.resume_ms = max(0, when_ms - self.assigned_ms)
-            if self.previous_commit_ms:
-                self.pause_ms = max(0, when_ms - self.previous_commit_ms)
+            if self.previous_record_ms:
+                self.pause_ms = max(0, when_ms - self.previous_record_ms)
 
     def finish(self) -> None:
         self.duration_ms = now_ms() - self.assigned_ms

@@ -135,13 +135,13 @@ class Restorer:
         else:
             stamp = local.read_stamp()
         if stamp is not None:
-            event.previous_commit_ms = stamp.ts_ms
+            event.previous_record_ms = stamp.ts_ms
         result = replay_changelog(self.restore_consumer(), self.changelog_topic(store),
                                   partition, local, stamp, epoch, end=end,
                                   read_committed=self.settings.exactly_once)
         event.tail_records = result.records
         if result.stamp is not None:
-            event.previous_commit_ms = max(event.previous_commit_ms, result.stamp.ts_ms)
+            event.previous_record_ms = max(event.previous_record_ms, result.stamp.ts_ms)
         table = Table(local, max_entries=self.settings.cache_max_entries)
         table.adopt(result.stamp, epoch)
         table.source = copy

@@ -29,7 +29,8 @@ class Stamp:
         upstream: for tasks reading a repartition topic, the last applied origin
             ``(offset, index)`` per upstream partition (for duplicate suppression).
         epoch: owner epoch of the instance that wrote the stamp.
-        ts_ms: wall-clock time of the commit that wrote it (for pause measurement).
+        ts_ms: wall-clock time the last record it reflects was processed (the
+            start of a migration's pause).
     """
 
     input_offset: int
