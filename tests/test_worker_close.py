@@ -330,3 +330,39 @@ def test_a_revoked_task_frees_its_cache_right_after_the_unassignment() -> None:
     assert len(table) == 0 and table.source is None
     assert ("words", 0) not in worker.tasks
     assert backend.data == {b"a": b"1", b"b": b"1"}  # committed before it was dropped
+
+
+def _second_task(worker: Worker) -> tuple[Task, MemoryPartition]:
+    backend = MemoryPartition()
+    table = Table(backend)
+    table.adopt(None, backend.claim("me"))
+    sub = worker.topology.by_topic()["words"]
+    task = Task(sub, 1, {"counts": table}, worker._produce, worker._dead_letter)
+    worker.tasks[("words", 1)] = task
+    return task, backend
+
+
+def test_a_revocation_commits_only_the_revoked_tasks_under_at_least_once() -> None:
+    """The revoked tasks' pause runs until the unassignment, so the others'
+    progress waits for the next regular commit."""
+    worker, task, backend, consumer, _ = _setup(guarantee="at_least_once")
+    staying, staying_backend = _second_task(worker)
+    task.process(_msgs(0, ["a"]))
+    staying.process([Message(topic="words", partition=1, offset=0, key=b"b",
+                             value=orjson.dumps("b"), timestamp=(1, 0))])
+    worker._on_revoke(consumer, [TopicPartition("words", 0)])  # type: ignore[arg-type]
+    assert backend.data == {b"a": b"1"} and backend.stamp is not None
+    assert staying_backend.data == {} and staying.has_progress()
+    worker.commit()
+    assert staying_backend.data == {b"b": b"1"} and not staying.has_progress()
+
+
+def test_a_revocation_commits_every_task_under_exactly_once() -> None:
+    worker, task, backend, consumer, _ = _setup(guarantee="exactly_once")
+    staying, staying_backend = _second_task(worker)
+    task.process(_msgs(0, ["a"]))
+    staying.process([Message(topic="words", partition=1, offset=0, key=b"b",
+                             value=orjson.dumps("b"), timestamp=(1, 0))])
+    worker._on_revoke(consumer, [TopicPartition("words", 0)])  # type: ignore[arg-type]
+    assert backend.data == {b"a": b"1"}
+    assert staying_backend.data == {b"b": b"1"} and not staying.has_progress()

@@ -428,14 +428,18 @@ class Worker:
             self._marker_offsets[key] = msg.offset()
 
     # -- commit ------------------------------------------------------------------
-    def commit(self, *, leaving: Collection[tuple[str, int]] = ()) -> None:
+    def commit(self, *, leaving: Collection[tuple[str, int]] = (), only_leaving: bool = False
+               ) -> None:
         """Make all progress durable (see the module docstring for the order).
 
         ``leaving``: tasks being revoked; if the transaction has to be aborted,
-        they are not rewound (they are dropped right after).
+        they are not rewound (they are dropped right after). ``only_leaving``:
+        commit just those (at-least-once only: a transaction commits everything).
         """
         assert self._producer is not None and self._consumer is not None
-        tasks = [t for t in list(self.tasks.values()) if t.has_progress() and not self._fenced(t)]
+        only = only_leaving and not self.settings.exactly_once
+        tasks = [t for key, t in list(self.tasks.items())
+                 if t.has_progress() and (not only or key in leaving) and not self._fenced(t)]
         if not tasks:
             return
         started = time.monotonic()
@@ -736,7 +740,10 @@ class Worker:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         try:
             if not self._failed:
-                self.commit(leaving={(tp.topic, tp.partition) for tp in partitions})
+                # The revoked tasks' pause runs until the unassignment: commit
+                # them, and leave the others' progress to the next regular commit.
+                self.commit(leaving={(tp.topic, tp.partition) for tp in partitions},
+                            only_leaving=True)
         finally:
             self._release(consumer, partitions)
             log.info(

@@ -69,7 +69,12 @@ class MigrationEvent:
     def finish(self) -> None:
         self.duration_ms = now_ms() - self.assigned_ms
 
-    def ready(self, idle_s: float = 5.0) -> bool:
+    def ready(self, idle_s: float = 30.0) -> bool:
+        """Finished, and its first record processed (or none came for ``idle_s``
+        after the assignment; the event then has no pause). Generous, because
+        the restores of one assignment run one after another: a replayed task's
+        first record can come many seconds after its own restore (with 5 s,
+        most replay events of the benchmark went out without a pause)."""
         if self.emitted or self.duration_ms is None:
             return False
         return self.first_record_ms is not None or now_ms() - self.assigned_ms > idle_s * 1000
