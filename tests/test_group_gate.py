@@ -65,6 +65,11 @@ def test_wait_gives_up_after_its_timeout_or_when_stopped(tmp_path: Path) -> None
     assert not gate.is_open()
     gate.remove(["w0", "w1"])
     assert list(tmp_path.iterdir()) == []
+    gate.let_leave("w0")
+    gate.remove(["w0"])
+    assert list(tmp_path.iterdir()) != []  # leaving files stay until the worker exits
+    gate.forget("w0")
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.fixture
@@ -180,3 +185,13 @@ def test_workers_stopped_together_leave_after_the_slowest_has_committed(home: Pa
     slowest_ready = max(_passed(home, i, "passed-{}.leaving")[0] for i in delays)
     assert min(when for when, _ in left) >= slowest_ready
     assert not any(gate.is_leaving(f"gated-{i}") for i in delays)  # exited: files gone
+
+
+def test_a_gate_whose_files_cannot_be_written_lets_the_worker_go_on_alone(
+    tmp_path: Path,
+) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    gate = GroupGate(blocker / "gate")  # its directory cannot be created
+    assert gate.wait("w0", timeout_s=30) is False
+    assert gate.wait_to_leave("w0", timeout_s=30) is False

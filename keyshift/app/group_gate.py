@@ -24,10 +24,13 @@ supervisor is gone goes on alone after the timeout.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+log = logging.getLogger("keyshift.group_gate")
 
 #: Longest a worker waits at a gate to join (and a supervisor for its workers to be ready).
 GATE_TIMEOUT_S = 60.0
@@ -35,6 +38,17 @@ GATE_TIMEOUT_S = 60.0
 LEAVE_TIMEOUT_S = 5.0
 #: How often both sides look at the gate's files.
 POLL_S = 0.005
+
+
+def _touch(path: Path) -> bool:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+    except OSError as exc:
+        log.warning("cannot write a group gate file; going on alone",
+                    extra={"path": str(path), "error": str(exc)})
+        return False
+    return True
 
 
 def _wait_for(path: Path, timeout_s: float, stopped: Callable[[], bool]) -> bool:
@@ -77,10 +91,12 @@ class GroupGate:
     ) -> bool:
         """Report ``instance`` ready to join, then wait for the gate to open.
 
-        Returns True once it opened; False after ``timeout_s`` or as soon as
-        ``stopped()`` is true (the caller then joins anyway, or stops).
+        Returns True once it opened; False after ``timeout_s``, as soon as
+        ``stopped()`` is true, or at once if the gate's files cannot be written
+        (the caller then joins anyway, or stops).
         """
-        self.ready_file(instance).touch()
+        if not _touch(self.ready_file(instance)):
+            return False
         return _wait_for(self.path, timeout_s, stopped)
 
     # -- leaving -------------------------------------------------------------
@@ -92,8 +108,9 @@ class GroupGate:
 
     def wait_to_leave(self, instance: str, *, timeout_s: float = LEAVE_TIMEOUT_S) -> bool:
         """Report ``instance`` ready to leave, then wait until it may (True) or
-        ``timeout_s`` passed (False)."""
-        self._file(instance, "leaving").touch()
+        ``timeout_s`` passed or the gate's files cannot be written (False)."""
+        if not _touch(self._file(instance, "leaving")):
+            return False
         return _wait_for(self._file(instance, "leave"), timeout_s, lambda: False)
 
     def forget(self, instance: str) -> None:
@@ -102,7 +119,8 @@ class GroupGate:
             self._file(instance, suffix).unlink(missing_ok=True)
 
     def remove(self, instances: Iterable[str]) -> None:
-        """Delete the gate's files (once no worker can still be waiting at it)."""
+        """Delete the gate's joining files (once no worker can still be waiting to
+        join); a worker's leaving files go when it has exited (:meth:`forget`)."""
         for instance in instances:
-            self.forget(instance)
+            self.ready_file(instance).unlink(missing_ok=True)
         self.path.unlink(missing_ok=True)

@@ -43,7 +43,7 @@ def scale_file(app_id: str) -> Path:
 
 
 def gate_dir(app_id: str) -> Path:
-    """Where the supervisor of ``app_id`` keeps its join gates."""
+    """Where the supervisor of ``app_id`` keeps its group gates."""
     return keyshift_home() / "run" / f"{app_id}.gates"
 
 
@@ -264,6 +264,7 @@ class Supervisor:
             if not self._stopping:
                 gate = self._new_gate()  # open: it joins alone, but leaves with the others
                 gate.open()
+                self._opened.append((time.monotonic(), gate, [slot.instance_id]))
                 self._start(slot, gate)
 
     def run(self) -> int:

@@ -200,7 +200,10 @@ class Worker:
     def _join_at_gate(self, gate: GroupGate) -> None:
         """Get the first assignment's reads warm, then join with the others of this step."""
         assert self._consumer is not None and self._locations is not None
-        self._consumer.list_topics(timeout=TIMEOUT_S)  # broker connection and metadata
+        try:
+            self._consumer.list_topics(timeout=TIMEOUT_S)  # broker connection and metadata
+        except KafkaException as exc:  # only a warm-up: subscribing reports real trouble
+            log.warning("metadata warm-up failed", extra={"error": str(exc)})
         self._locations.catch_up()
         waited = time.monotonic()
         opened = gate.wait(self.instance, stopped=lambda: self._stop_asked)

