@@ -112,8 +112,8 @@ def _rebalancing(abortable: bool = True) -> KafkaError:
                       txn_requires_abort=abortable)
 
 
-def _msgs(start: int, words: list[str]) -> list[Message]:
-    return [Message(topic="words", partition=0, offset=start + i, key=w.encode(),
+def _msgs(start: int, words: list[str], partition: int = 0) -> list[Message]:
+    return [Message(topic="words", partition=partition, offset=start + i, key=w.encode(),
                     value=orjson.dumps(w), timestamp=(1, 0)) for i, w in enumerate(words)]
 
 
@@ -125,13 +125,19 @@ def _setup(guarantee: str = "exactly_once", error: KafkaError | None = None,
     worker = app.worker()
     consumer, producer = _Consumer(close_blocks), _Producer(error)
     worker._consumer, worker._producer = consumer, producer  # type: ignore[assignment]
+    task, backend = _add_task(worker, 0)
+    return worker, task, backend, consumer, producer
+
+
+def _add_task(worker: Worker, partition: int) -> tuple[Task, MemoryPartition]:
+    """A task of ``words[partition]`` with its own memory state."""
     backend = MemoryPartition()
     table = Table(backend)
     table.adopt(None, backend.claim("me"))
-    sub = app.topology.by_topic()["words"]
-    task = Task(sub, 0, {"counts": table}, worker._produce, worker._dead_letter)
-    worker.tasks[("words", 0)] = task
-    return worker, task, backend, consumer, producer
+    sub = worker.topology.by_topic()["words"]
+    task = Task(sub, partition, {"counts": table}, worker._produce, worker._dead_letter)
+    worker.tasks[("words", partition)] = task
+    return task, backend
 
 
 def _totals(producer: _Producer) -> list[tuple[str, int]]:
@@ -332,24 +338,13 @@ def test_a_revoked_task_frees_its_cache_right_after_the_unassignment() -> None:
     assert backend.data == {b"a": b"1", b"b": b"1"}  # committed before it was dropped
 
 
-def _second_task(worker: Worker) -> tuple[Task, MemoryPartition]:
-    backend = MemoryPartition()
-    table = Table(backend)
-    table.adopt(None, backend.claim("me"))
-    sub = worker.topology.by_topic()["words"]
-    task = Task(sub, 1, {"counts": table}, worker._produce, worker._dead_letter)
-    worker.tasks[("words", 1)] = task
-    return task, backend
-
-
 def test_a_revocation_commits_only_the_revoked_tasks_under_at_least_once() -> None:
     """The revoked tasks' pause runs until the unassignment, so the others'
     progress waits for the next regular commit."""
     worker, task, backend, consumer, _ = _setup(guarantee="at_least_once")
-    staying, staying_backend = _second_task(worker)
+    staying, staying_backend = _add_task(worker, 1)
     task.process(_msgs(0, ["a"]))
-    staying.process([Message(topic="words", partition=1, offset=0, key=b"b",
-                             value=orjson.dumps("b"), timestamp=(1, 0))])
+    staying.process(_msgs(0, ["b"], partition=1))
     worker._on_revoke(consumer, [TopicPartition("words", 0)])  # type: ignore[arg-type]
     assert backend.data == {b"a": b"1"} and backend.stamp is not None
     assert staying_backend.data == {} and staying.has_progress()
@@ -359,10 +354,9 @@ def test_a_revocation_commits_only_the_revoked_tasks_under_at_least_once() -> No
 
 def test_a_revocation_commits_every_task_under_exactly_once() -> None:
     worker, task, backend, consumer, _ = _setup(guarantee="exactly_once")
-    staying, staying_backend = _second_task(worker)
+    staying, staying_backend = _add_task(worker, 1)
     task.process(_msgs(0, ["a"]))
-    staying.process([Message(topic="words", partition=1, offset=0, key=b"b",
-                             value=orjson.dumps("b"), timestamp=(1, 0))])
+    staying.process(_msgs(0, ["b"], partition=1))
     worker._on_revoke(consumer, [TopicPartition("words", 0)])  # type: ignore[arg-type]
     assert backend.data == {b"a": b"1"}
     assert staying_backend.data == {b"b": b"1"} and not staying.has_progress()
