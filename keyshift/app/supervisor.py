@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -182,13 +183,8 @@ class Supervisor:
     def _let_leave(self, slots: list[Slot], timeout_s: float = LEAVE_TIMEOUT_S) -> None:
         """Let stopping workers leave the group once all of them have committed."""
         gated = [s for s in slots if s.gate is not None and s.proc is not None]
-        waiting = list(gated)
-        deadline = time.monotonic() + timeout_s
-        while waiting and time.monotonic() < deadline:
-            waiting = [s for s in waiting if s.proc is not None and s.proc.poll() is None
-                       and s.gate is not None and not s.gate.is_leaving(s.instance_id)]
-            if waiting:
-                time.sleep(POLL_S)
+        _await(gated, lambda s: s.gate is not None and s.gate.is_leaving(s.instance_id),
+               timeout_s)
         for slot in gated:
             assert slot.gate is not None
             slot.gate.let_leave(slot.instance_id)
@@ -227,13 +223,8 @@ class Supervisor:
                    timeout_s: float = GATE_TIMEOUT_S) -> None:
         """Open ``gate`` once every worker in ``slots`` is ready to join (or exited)."""
         began = time.monotonic()
-        deadline = began + timeout_s
-        waiting = list(slots)
-        while waiting and time.monotonic() < deadline and not self._stopping:
-            waiting = [s for s in waiting if s.proc is not None and s.proc.poll() is None
-                       and not gate.is_ready(s.instance_id)]
-            if waiting:
-                time.sleep(POLL_S)
+        _await(slots, lambda s: gate.is_ready(s.instance_id), timeout_s,
+               give_up=lambda: self._stopping)
         gate.open()
         now = time.monotonic()
         # Long after opening, no worker can still be waiting at a gate: delete its files.
@@ -291,6 +282,19 @@ class Supervisor:
             scale_file(self.app_id).unlink(missing_ok=True)
             shutil.rmtree(gate_dir(self.app_id), ignore_errors=True)
         return 0
+
+
+def _await(slots: list[Slot], done: Callable[[Slot], bool], timeout_s: float, *,
+           give_up: Callable[[], bool] = lambda: False) -> None:
+    """Wait until ``done`` holds for every slot whose worker still runs, for at
+    most ``timeout_s`` (or until ``give_up()``)."""
+    deadline = time.monotonic() + timeout_s
+    waiting = list(slots)
+    while waiting and time.monotonic() < deadline and not give_up():
+        waiting = [s for s in waiting
+                   if s.proc is not None and s.proc.poll() is None and not done(s)]
+        if waiting:
+            time.sleep(POLL_S)
 
 
 def _redact(url: str | None) -> str:

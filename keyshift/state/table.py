@@ -158,19 +158,20 @@ class Table:
         fetched again (the source keeps them until its copy is complete, and the
         background copy brings the rest).
         """
-        self._cache.clear()
-        self._dirty.clear()
-        self._fills.clear()
+        self._drop_cache()
         self.adopt(self.stamp, self.epoch)  # skip again what the committed stamp covers
 
     def release(self) -> None:
         """The task left this worker: free the cache now. (A dropped task can sit
         in reference cycles until a full garbage collection, which would then
         free every cache at once and stall the worker: seen for 1.6 s.)"""
-        self._cache = {}
-        self._dirty = set()
-        self._fills = {}
+        self._drop_cache()
         self.source = None
+
+    def _drop_cache(self) -> None:
+        self._cache.clear()
+        self._dirty.clear()
+        self._fills.clear()
 
     def __len__(self) -> int:
         return len(self._cache)
