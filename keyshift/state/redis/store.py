@@ -37,19 +37,12 @@ end
 """
 
 _COMMIT = _FENCE + """
-local nset = tonumber(ARGV[3])
-local i = 4
-if nset > 0 then
-  local args = {}
-  for j = 1, nset do
-    args[#args + 1] = ARGV[i]
-    args[#args + 1] = ARGV[i + 1]
-    i = i + 2
-  end
-  redis.call('HSET', KEYS[1], unpack(args))
+local last = 3 + 2 * tonumber(ARGV[3])
+if last > 3 then
+  redis.call('HSET', KEYS[1], unpack(ARGV, 4, last))
 end
-if i <= #ARGV then
-  redis.call('HDEL', KEYS[1], unpack(ARGV, i, #ARGV))
+if last < #ARGV then
+  redis.call('HDEL', KEYS[1], unpack(ARGV, last + 1, #ARGV))
 end
 if ARGV[2] ~= '' then
   redis.call('HSET', KEYS[2], 'stamp', ARGV[2])
