@@ -21,12 +21,14 @@ from keyshift.app.supervisor import Slot, Supervisor
 pytestmark = pytest.mark.unit
 
 # A stand-in worker: becomes ready after DELAY seconds (or exits with 3 first if
-# DELAY < 0), passes the gate and writes the time it did so. On SIGTERM it
-# "commits" for LEAVE_DELAY seconds, waits to leave, writes when it left, exits.
+# DELAY < 0), passes the gate and writes the time it did so. Asked to commit
+# ahead of a join, it "commits" for LEAVE_DELAY seconds and writes when it was
+# done. On SIGTERM it "commits" for LEAVE_DELAY seconds, waits to leave, writes
+# when it left, exits.
 STAND_IN = """
 import signal, sys, time
 from pathlib import Path
-from keyshift.app.group_gate import GroupGate
+from keyshift.app.group_gate import CheckpointWatch, GroupGate
 gate, instance = GroupGate(Path(sys.argv[1])), sys.argv[2]
 delay, out, leave_delay = float(sys.argv[3]), Path(sys.argv[4]), float(sys.argv[5])
 if delay < 0:
@@ -36,8 +38,14 @@ opened = gate.wait(instance, timeout_s=30)
 stopping = []  # from here on, SIGTERM means: commit, then leave with the others
 signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
 out.write_text(f"{time.time()} {opened}")
+watch = CheckpointWatch(gate.checkpoints)
 deadline = time.monotonic() + 60
 while not stopping and time.monotonic() < deadline:
+    request = watch.new_request()
+    if request is not None:
+        time.sleep(leave_delay)
+        Path(f"{out}.checkpoint").write_text(f"{time.time()} True")
+        gate.checkpoints.done(request, instance)
     time.sleep(0.01)
 time.sleep(leave_delay)
 Path(f"{out}.leaving").write_text(f"{time.time()} True")
@@ -195,3 +203,25 @@ def test_a_gate_whose_files_cannot_be_written_lets_the_worker_go_on_alone(
     gate = GroupGate(blocker / "gate")  # its directory cannot be created
     assert gate.wait("w0", timeout_s=30) is False
     assert gate.wait_to_leave("w0", timeout_s=30) is False
+
+
+def test_running_workers_commit_before_the_workers_of_a_new_step_join(home: Path) -> None:
+    delays = {0: 0.0, 1: 0.0, 2: 0.3}
+    sup = _supervisor(home, delays, leave_delays={0: 0.8, 1: 0.0, 2: 0.0})
+    sup.wanted = 1
+    try:
+        sup._reconcile()
+        _passed(home, 0)
+        assert not (home / "passed-0.checkpoint").exists()  # nobody ran before it
+        sup.wanted = 3
+        sup._reconcile()
+        committed, _ = _passed(home, 0, "passed-{}.checkpoint")
+        joined = [_passed(home, i) for i in (1, 2)]
+        assert all(opened for _, opened in joined)
+        # The new workers joined only after the running one had committed.
+        assert min(when for when, _ in joined) >= committed
+        # The answers are deleted once read; the request stays for later workers.
+        assert sorted(p.name for p in supervisor.gate_dir("gated").glob("checkpoint*")) == [
+            "checkpoint"]
+    finally:
+        sup._terminate(list(sup.slots.values()))

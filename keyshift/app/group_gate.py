@@ -16,6 +16,18 @@ A stopping worker commits, reports that it is ready to leave, and leaves the
 group once the supervisor says so: when every worker stopped in that step is
 ready (or has exited), or after :data:`LEAVE_TIMEOUT_S`.
 
+A stopping worker goes on processing while it waits, and commits once more
+before it leaves: the records it processes meanwhile are not held up, and its
+last commit (the one each of its partitions waits for) is small.
+
+**Committing ahead of a join.** A join takes partitions from the running
+workers, and each commits the changes of those tasks since its last commit
+before it lets them go: that commit is part of every moved partition's pause,
+and so is a regular commit it may be in the middle of. Before opening a join
+gate the supervisor asks the running workers to commit at once
+(:class:`Checkpoints`); the join then finds them with a fraction of a second of
+changes to commit and no regular commit under way (the next is an interval away).
+
 The gate is a few files next to the supervisor's run file: ``<gate>`` once
 open, and per worker ``<gate>.<instance>.ready`` (ready to join),
 ``.leaving`` (ready to leave) and ``.leave`` (may leave now). A worker whose
@@ -25,6 +37,7 @@ supervisor is gone goes on alone after the timeout.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -36,6 +49,8 @@ log = logging.getLogger("keyshift.group_gate")
 GATE_TIMEOUT_S = 60.0
 #: Longest a stopping worker, committed, waits for the others stopping with it.
 LEAVE_TIMEOUT_S = 5.0
+#: Longest the supervisor waits for the running workers to commit ahead of a join.
+CHECKPOINT_TIMEOUT_S = 5.0
 #: How often both sides look at the gate's files.
 POLL_S = 0.005
 
@@ -106,12 +121,24 @@ class GroupGate:
     def let_leave(self, instance: str) -> None:
         self._file(instance, "leave").touch()
 
+    def report_leaving(self, instance: str) -> bool:
+        """Report ``instance`` ready to leave (False if the file cannot be written)."""
+        return _touch(self._file(instance, "leaving"))
+
+    def may_leave(self, instance: str) -> bool:
+        return self._file(instance, "leave").exists()
+
     def wait_to_leave(self, instance: str, *, timeout_s: float = LEAVE_TIMEOUT_S) -> bool:
         """Report ``instance`` ready to leave, then wait until it may (True) or
         ``timeout_s`` passed or the gate's files cannot be written (False)."""
-        if not _touch(self._file(instance, "leaving")):
+        if not self.report_leaving(instance):
             return False
         return _wait_for(self._file(instance, "leave"), timeout_s, lambda: False)
+
+    @property
+    def checkpoints(self) -> Checkpoints:
+        """The supervisor's commit requests (they live next to its gates)."""
+        return Checkpoints(self.path.parent)
 
     def forget(self, instance: str) -> None:
         """Delete ``instance``'s files (it has exited)."""
@@ -124,3 +151,74 @@ class GroupGate:
         for instance in instances:
             self.ready_file(instance).unlink(missing_ok=True)
         self.path.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class Checkpoints:
+    """The supervisor's requests to its running workers: commit now (a join follows).
+
+    ``<dir>/checkpoint`` holds the number of the latest request; a worker that
+    has committed for request ``n`` creates ``<dir>/checkpoint-<n>.<instance>``.
+    """
+
+    dir: Path
+
+    @property
+    def request_file(self) -> Path:
+        return self.dir / "checkpoint"
+
+    def request(self) -> int:
+        """Ask for a commit; returns the request's number."""
+        number = self.latest() + 1
+        self.dir.mkdir(parents=True, exist_ok=True)
+        temporary = self.dir / "checkpoint.tmp"
+        temporary.write_text(str(number))
+        os.replace(temporary, self.request_file)  # workers never read half a number
+        return number
+
+    def latest(self) -> int:
+        """The latest request's number (0 if none)."""
+        try:
+            return int(self.request_file.read_text())
+        except (OSError, ValueError):
+            return 0
+
+    def _done_file(self, number: int, instance: str) -> Path:
+        return self.dir / f"checkpoint-{number}.{instance}"
+
+    def done(self, number: int, instance: str) -> None:
+        _touch(self._done_file(number, instance))
+
+    def is_done(self, number: int, instance: str) -> bool:
+        return self._done_file(number, instance).exists()
+
+    def forget(self, number: int, instances: Iterable[str]) -> None:
+        for instance in instances:
+            self._done_file(number, instance).unlink(missing_ok=True)
+
+
+class CheckpointWatch:
+    """A worker's watch for new commit requests: one ``stat()`` per look."""
+
+    def __init__(self, checkpoints: Checkpoints) -> None:
+        self.checkpoints = checkpoints
+        self._mtime = self._stat()
+        self._seen = checkpoints.latest()  # requests from before this worker ran are moot
+
+    def _stat(self) -> int:
+        try:
+            return os.stat(self.checkpoints.request_file).st_mtime_ns
+        except OSError:
+            return 0
+
+    def new_request(self) -> int | None:
+        """The number of a request made since the last look, if any."""
+        mtime = self._stat()
+        if mtime == self._mtime:
+            return None
+        self._mtime = mtime
+        latest = self.checkpoints.latest()
+        if latest <= self._seen:
+            return None
+        self._seen = latest
+        return latest

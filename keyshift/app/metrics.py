@@ -18,6 +18,10 @@ class Metrics:
     flushed_keys: int = 0
     processing_seconds: float = 0.0
     commit_seconds: float = 0.0
+    commit_max_seconds: float = 0.0
+    # Where commits spend their time: "produce" (changelog records and markers),
+    # "flush" (waiting for the broker), "write" (Redis), "offsets" (group offsets).
+    commit_phases: dict[str, float] = field(default_factory=dict)
     restores: int = 0
     restored_records: int = 0
     gc_seconds: float = 0.0  # in the garbage collector (while tracking, see GcClock)
@@ -36,6 +40,8 @@ class Metrics:
             "flushed_keys": self.flushed_keys,
             "processing_seconds": round(self.processing_seconds, 3),
             "commit_seconds": round(self.commit_seconds, 3),
+            "commit_max_seconds": round(self.commit_max_seconds, 3),
+            "commit_phases": {k: round(v, 3) for k, v in self.commit_phases.items()},
             "restores": self.restores,
             "restored_records": self.restored_records,
             "gc_seconds": round(self.gc_seconds, 3),
@@ -43,6 +49,10 @@ class Metrics:
             "lag": dict(self.lag),
             "state_keys": dict(self.state_keys),
         }
+
+
+    def add_phase(self, phase: str, seconds: float) -> None:
+        self.commit_phases[phase] = self.commit_phases.get(phase, 0.0) + seconds
 
 
 class GcClock:

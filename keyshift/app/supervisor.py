@@ -5,8 +5,9 @@ by writing the wanted count next to the run file and sending SIGHUP. Slot ``i``
 runs ``keyshift worker`` with ``--instance-id <app>-<i>`` (static membership)
 and the ``i``-th ``--state`` URL when several are given. Supervised workers use
 dynamic group membership so that scale-in hands their tasks over at once. The
-workers one step starts join the group together, and those one step stops
-leave it together: one rebalance each (see :mod:`keyshift.app.group_gate`).
+workers one step starts join the group together, after the running ones have
+committed; those one step stops leave it together: one rebalance each (see
+:mod:`keyshift.app.group_gate`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,14 @@ from pathlib import Path
 
 import orjson
 
-from keyshift.app.group_gate import GATE_TIMEOUT_S, LEAVE_TIMEOUT_S, POLL_S, GroupGate
+from keyshift.app.group_gate import (
+    CHECKPOINT_TIMEOUT_S,
+    GATE_TIMEOUT_S,
+    LEAVE_TIMEOUT_S,
+    POLL_S,
+    Checkpoints,
+    GroupGate,
+)
 from keyshift.dev.paths import keyshift_home
 from keyshift.errors import KeyshiftError
 
@@ -225,6 +233,11 @@ class Supervisor:
         began = time.monotonic()
         _await(slots, lambda s: gate.is_ready(s.instance_id), timeout_s,
                give_up=lambda: self._stopping)
+        running = [s for s in self.slots.values()
+                   if s not in slots and not s.retired and s.proc is not None
+                   and s.proc.poll() is None]
+        if running:
+            self._checkpoint(running)
         gate.open()
         now = time.monotonic()
         # Long after opening, no worker can still be waiting at a gate: delete its files.
@@ -236,6 +249,21 @@ class Supervisor:
         if len(slots) > 1:
             self._say(f"instances {', '.join(s.instance_id for s in slots)} join together "
                       f"(ready after {time.monotonic() - began:.1f}s)")
+
+    def _checkpoint(self, running: list[Slot]) -> None:
+        """Have the running workers commit, then return: a join follows (see
+        :class:`~keyshift.app.group_gate.Checkpoints`)."""
+        checkpoints = Checkpoints(gate_dir(self.app_id))
+        request = checkpoints.request()
+        began = time.monotonic()
+        _await(running, lambda s: checkpoints.is_done(request, s.instance_id),
+               CHECKPOINT_TIMEOUT_S, give_up=lambda: self._stopping)
+        ids = [s.instance_id for s in running]
+        late = [i for i in ids if not checkpoints.is_done(request, i)]
+        checkpoints.forget(request, ids)
+        log.info("running instances committed ahead of the join",
+                 extra={"instances": ",".join(ids), "late": ",".join(late),
+                        "seconds": round(time.monotonic() - began, 3)})
 
     def _watch(self) -> None:
         for slot in self.slots.values():

@@ -181,10 +181,9 @@ class Task:
                 return False
         return False
 
-    def release(self) -> None:
-        """The task left this worker: free its tables' caches."""
-        for table in self.tables.values():
-            table.release()
+    def release(self) -> list[dict[bytes, Any]]:
+        """The task left this worker: detach its tables' caches, for the caller to free."""
+        return [table.release() for table in self.tables.values()]
 
     def has_progress(self) -> bool:
         return self.position is not None and self.position != self.committed_position

@@ -18,12 +18,13 @@ the marker's offset, so state is never double-counted.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import replace
 from functools import partial
 from typing import Any
@@ -39,7 +40,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 
-from keyshift.app.group_gate import GroupGate
+from keyshift.app.group_gate import LEAVE_TIMEOUT_S, POLL_S, CheckpointWatch, GroupGate
 from keyshift.app.kafka import (
     TopicManager,
     apply_group_configs,
@@ -53,6 +54,7 @@ from keyshift.app.kafka import (
     restore_consumer_config,
 )
 from keyshift.app.metrics import GcClock, Metrics
+from keyshift.app.reaper import Reaper
 from keyshift.app.task import Task
 from keyshift.config import Settings
 from keyshift.errors import BrokerError, FencedError, KeyshiftError, TransactionAbortable
@@ -95,6 +97,10 @@ class Worker:
         self.tasks: dict[tuple[str, int], Task] = {}
         self._running = False
         self._stop_asked = False
+        self._gate_passed = False  # the leave gate (see loop())
+        self._leave_waited = 0.0
+        self._batch_done = 0.0  # when the last batch was processed
+        self._reaper = Reaper()  # frees the caches of tasks that left
         self._failed = False
         self._aborts_in_row = 0
         self._rewound: list[Task] = []  # rewound since the last batch was fetched
@@ -114,7 +120,11 @@ class Worker:
 
     # -- lifecycle ---------------------------------------------------------------
     def stop(self) -> None:
-        """Ask the loop to finish its batch, commit, leave the group and return."""
+        """Ask the loop to finish its batch, commit, leave the group and return.
+
+        With a group gate, the loop commits, then goes on processing until the
+        others stopped in the same step have committed too; close() commits the
+        rest and leaves."""
         self._stop_asked = True
         self._running = False
 
@@ -187,15 +197,31 @@ class Worker:
         )
 
     def _leave_at_gate(self, gate: GroupGate) -> None:
-        """Committed: leave the group together with the others stopped in this step."""
-        waited = time.monotonic()
-        allowed = gate.wait_to_leave(self.instance)
+        """Committed: leave the group together with the others stopped in this step
+        (when the loop did not wait for them already)."""
+        self._leave_waited = time.monotonic()
+        self._passed_leave_gate(gate.wait_to_leave(self.instance))
+
+    def _passed_leave_gate(self, allowed: bool) -> None:
+        self._gate_passed = True
         extra = {"instance": self.instance,
-                 "waited_ms": round((time.monotonic() - waited) * 1000)}
+                 "waited_ms": round((time.monotonic() - self._leave_waited) * 1000)}
         if allowed:
             log.info("leaving the group with the others stopped with it", extra=extra)
         else:
             log.warning("leave gate did not open in time; leaving alone", extra=extra)
+
+    def _checkpoint(self, request: int) -> None:
+        """Commit now: the supervisor is about to let new workers join (see
+        :class:`~keyshift.app.group_gate.Checkpoints`)."""
+        assert self.group_gate is not None
+        started = time.monotonic()
+        if not self._failed:
+            self.commit()
+        self.group_gate.checkpoints.done(request, self.instance)
+        log.info("committed ahead of a join", extra={
+            "instance": self.instance, "request": request,
+            "seconds": round(time.monotonic() - started, 3)})
 
     def _join_at_gate(self, gate: GroupGate) -> None:
         """Get the first assignment's reads warm, then join with the others of this step."""
@@ -237,7 +263,31 @@ class Worker:
         next_commit = time.monotonic() + interval
         batch = self.settings.batch_size
         last = time.monotonic()
-        while self._running:
+        gate = self.group_gate
+        watch = None if gate is None else CheckpointWatch(gate.checkpoints)
+        leave_by: float | None = None  # while waiting at the leave gate
+        if not self._running:
+            return  # stopped while starting: close() commits and leaves
+        while True:
+            if not self._running:
+                if gate is None or self._gate_passed:
+                    break
+                if leave_by is None:
+                    # Commit, report, and go on processing until the others
+                    # stopped in this step have committed too.
+                    self.commit()
+                    self._leave_waited = time.monotonic()
+                    if not gate.report_leaving(self.instance):
+                        self._passed_leave_gate(False)
+                        break
+                    leave_by = self._leave_waited + LEAVE_TIMEOUT_S
+                    next_commit = math.inf  # the last commit is close()'s
+                elif gate.may_leave(self.instance) or time.monotonic() >= leave_by:
+                    self._passed_leave_gate(gate.may_leave(self.instance))
+                    break
+            elif watch is not None and (request := watch.new_request()) is not None:
+                self._checkpoint(request)
+                next_commit = time.monotonic() + interval
             if self._rewound:
                 # Rewinds seen by the last batch are behind us: the client drops
                 # messages fetched before a seek, so no stale message can follow.
@@ -245,7 +295,7 @@ class Worker:
                     task.fresh_input()
                 self._rewound.clear()
             # While a background copy runs, idle in consume only until its next turn.
-            wait = 0.1
+            wait = 0.1 if leave_by is None else POLL_S
             if self._copying:
                 wait = min(wait, max(0.0, self._copy_turn - time.monotonic()))
             msgs = consume_available(consumer, batch, wait)
@@ -259,12 +309,15 @@ class Worker:
                     self._process(msgs)
                 except TransactionAbortable as exc:
                     self._abort(str(exc))
-                self.metrics.processing_seconds += time.monotonic() - started
+                self._batch_done = time.monotonic()
+                self.metrics.processing_seconds += self._batch_done - started
             if self._restored:
                 self._migration_tick(copy=time.monotonic() >= self._copy_turn)
             else:
                 self._copying = False
             producer.poll(0)
+            if self._reaper:
+                self._reaper.reap()
             now = time.monotonic()
             if now >= next_commit:
                 self.commit()
@@ -282,7 +335,7 @@ class Worker:
         try:
             if not self._failed and self._consumer is not None:
                 self.commit()
-                if self.group_gate is not None and self._stop_asked:
+                if self.group_gate is not None and self._stop_asked and not self._gate_passed:
                     self._leave_at_gate(self.group_gate)
         except BaseException:
             self._failed = True  # the revocation callback must not commit again
@@ -453,6 +506,7 @@ class Worker:
         except TransactionAbortable as exc:
             self._abort(str(exc), leaving=leaving)
             return
+        phase = self._phase_clock(started)
         offsets = [TopicPartition(t.topic, t.partition, t.position) for t in tasks]
         if self.settings.exactly_once:
             try:
@@ -474,6 +528,7 @@ class Worker:
             left = producer.flush(TIMEOUT_S)
             if left:
                 raise BrokerError(f"{left} records not delivered within {TIMEOUT_S:.0f}s")
+        phase("flush")
         if self._delivery_errors:
             failed, self._delivery_errors = self._delivery_errors[:5], []
             raise BrokerError("delivery failed: " + "; ".join(failed))
@@ -487,6 +542,7 @@ class Worker:
             stamp = replace(task.stamp(table.epoch), changelog_offset=offset + 1)
             writes.append((task, table, changes, stamp))
         errors = write_tables([(table, changes, stamp) for _, table, changes, stamp in writes])
+        phase("write")
         for (task, table, changes, stamp), error in zip(writes, errors, strict=True):
             if isinstance(error, FencedError):
                 if (task.topic, task.partition) in self.tasks:
@@ -510,11 +566,28 @@ class Worker:
                 except KafkaException as exc:
                     # The stamps already hold the positions; the group offset is a hint.
                     log.warning("offset commit failed", extra={"error": str(exc)})
+            phase("offsets")
         for task in tasks:
             task.mark_committed()
+        took = time.monotonic() - started
         self.metrics.commits += 1
-        self.metrics.commit_seconds += time.monotonic() - started
+        self.metrics.commit_seconds += took
+        self.metrics.commit_max_seconds = max(self.metrics.commit_max_seconds, took)
         self._update_lag()
+
+    def _phase_clock(self, started: float) -> Callable[[str], None]:
+        """A clock that adds the time since its last reading to a commit phase;
+        the time up to its creation counts as "produce"."""
+        last = time.monotonic()
+        self.metrics.add_phase("produce", last - started)
+
+        def phase(name: str) -> None:
+            nonlocal last
+            now = time.monotonic()
+            self.metrics.add_phase(name, now - last)
+            last = now
+
+        return phase
 
     def _produce_state(
         self, tasks: list[Task], pending: list[tuple[Task, str, Table, dict[bytes, bytes | None]]]
@@ -526,8 +599,7 @@ class Worker:
                 topic = self.topology.changelog_topic(store)
                 changes = table.take_changes()
                 fills = table.take_fills()
-                for key, value in changes.items():
-                    self._produce_changelog(topic, task.partition, key, value)
+                self._produce_all(topic, task.partition, changes)
                 marker_key = (topic, task.partition)
                 stamp = task.stamp(table.epoch)
                 self._produce_changelog(
@@ -540,6 +612,17 @@ class Worker:
         self, topic: str, partition: int, key: bytes, value: bytes | None, **kwargs: Any
     ) -> None:
         self._send(topic, value, key, partition=partition, **kwargs)
+
+    def _produce_all(self, topic: str, partition: int, records: dict[bytes, bytes | None]) -> None:
+        """Produce ``records`` to one partition: the commit's hot loop, so the client
+        is called directly; a full queue or an error takes the :meth:`_send` path."""
+        assert self._producer is not None
+        produce = self._producer.produce
+        for key, value in records.items():
+            try:
+                produce(topic, value, key, partition=partition)
+            except (BufferError, KafkaException):
+                self._send(topic, value, key, partition=partition)
 
     def _abort(self, reason: str, *, leaving: Collection[tuple[str, int]] = ()) -> None:
         """Abort the open transaction and rewind every task to its last commit.
@@ -652,16 +735,15 @@ class Worker:
         for task in list(self.tasks.values()):
             self._fenced(task)
 
-    def _drop(self, topic: str, partition: int, *, release: bool = True) -> Task | None:
-        """Forget a task that left this worker (its caches freed unless ``release`` is False)."""
+    def _drop(self, topic: str, partition: int) -> None:
+        """Forget a task that left this worker; its caches go to the reaper."""
         task = self.tasks.pop((topic, partition), None)
-        if task is not None and release:
-            task.release()
+        if task is not None:
+            self._reaper.add(task.release())
         for restored in self._restored.pop((topic, partition), []):
             event = restored.event
             if self._events is not None and not event.emitted and event.duration_ms is not None:
                 self._events.emit(event)
-        return task
 
     def _migration_tick(self, *, copy: bool = True) -> None:
         """Emit finished migrations and, on its turn, advance the background copies.
@@ -741,18 +823,25 @@ class Worker:
     # inside the callback, which can hang while the consumer closes
     # (confluentinc/librdkafka#4041).
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        entered = time.monotonic()
+        committed = entered
         try:
             if not self._failed:
                 # The revoked tasks' pause runs until the unassignment: commit
                 # them, and leave the others' progress to the next regular commit.
                 self.commit(leaving={(tp.topic, tp.partition) for tp in partitions},
                             only_leaving=True)
+            committed = time.monotonic()
         finally:
             self._release(consumer, partitions)
             log.info(
                 "partitions revoked",
                 extra={"instance": self.instance,
-                       "partitions": ",".join(f"{t.topic}[{t.partition}]" for t in partitions)},
+                       "partitions": ",".join(f"{t.topic}[{t.partition}]" for t in partitions),
+                       # where the revoked tasks' pause went on this side
+                       "since_batch_ms": _ms(entered - self._batch_done),
+                       "commit_ms": _ms(committed - entered),
+                       "unassign_ms": _ms(time.monotonic() - committed)},
             )
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -771,15 +860,20 @@ class Worker:
             self._release(consumer, partitions)
 
     def _release(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        dropped = [self._drop(tp.topic, tp.partition, release=False) for tp in partitions]
+        """Drop the tasks and unassign their partitions. Their caches are freed
+        from the loop, a slice per turn, so as not to delay the unassignment's
+        acknowledgement (see :mod:`keyshift.app.reaper`)."""
+        for tp in partitions:
+            self._drop(tp.topic, tp.partition)
         consumer.incremental_unassign(partitions)
-        for task in dropped:  # after the unassignment, so as not to delay its ack
-            if task is not None:
-                task.release()
 
 
 # Delivery errors of records an aborted transaction dropped before sending them.
 _PURGED = frozenset({KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT})
+
+
+def _ms(seconds: float) -> int:
+    return round(seconds * 1000)
 
 
 def _requires_abort(exc: KafkaException) -> bool:

@@ -118,8 +118,9 @@ class Table:
 
     def take_changes(self) -> dict[bytes, bytes | None]:
         """The encoded latest value of every key changed since the last commit."""
-        cache = self._cache
-        return {k: encode_value(cache[k]) for k in self._dirty}
+        cache, dumps = self._cache, orjson.dumps
+        return {k: None if (v := cache[k]) is MISSING or v is None else dumps(v)
+                for k in self._dirty}
 
     def take_fills(self) -> dict[bytes, bytes]:
         """Keys fetched from a migration source: written locally, not to the changelog."""
@@ -161,12 +162,15 @@ class Table:
         self._drop_cache()
         self.adopt(self.stamp, self.epoch)  # skip again what the committed stamp covers
 
-    def release(self) -> None:
-        """The task left this worker: free the cache now. (A dropped task can sit
-        in reference cycles until a full garbage collection, which would then
-        free every cache at once and stall the worker: seen for 1.6 s.)"""
+    def release(self) -> dict[bytes, Any]:
+        """The task left this worker: detach the cache and return it, for the
+        caller to free (see :mod:`keyshift.app.reaper`). The table keeps none of
+        it: a dropped task can sit in reference cycles until a full garbage
+        collection."""
+        cache, self._cache = self._cache, {}
         self._drop_cache()
         self.source = None
+        return cache
 
     def _drop_cache(self) -> None:
         self._cache.clear()
