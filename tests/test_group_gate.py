@@ -225,3 +225,22 @@ def test_running_workers_commit_before_the_workers_of_a_new_step_join(home: Path
             "checkpoint"]
     finally:
         sup._terminate(list(sup.slots.values()))
+
+
+def test_the_workers_that_stay_commit_before_the_stopped_ones_leave(home: Path) -> None:
+    delays = {0: 0.0, 1: 0.0}
+    sup = _supervisor(home, delays, leave_delays={0: 0.8, 1: 0.0})
+    try:
+        sup._reconcile()
+        for i in delays:
+            _passed(home, i)
+        sup.wanted = 1
+        sup._reconcile()  # stops worker 1
+        committed, _ = _passed(home, 0, "passed-{}.checkpoint")
+        left, allowed = _passed(home, 1, "passed-{}.left")
+        assert allowed
+        # Worker 1 left only after worker 0, which takes over its partitions, had
+        # committed (so it is not in the middle of a commit when they arrive).
+        assert left >= committed
+    finally:
+        sup._terminate([s for s in sup.slots.values() if not s.retired])

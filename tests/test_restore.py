@@ -177,3 +177,30 @@ def test_an_aside_copy_no_chain_reads_is_dropped_once_the_location_is_durable(
         local.clear()
         aside.clear()
         store.close()
+
+
+def test_warm_up_connects_to_the_other_instances_redis_before_any_restore(
+    brokers: str, redis_urls: list[str], admin: Any, unique: Callable[..., str]
+) -> None:
+    """A worker about to join connects ahead of time to every Redis a first
+    restore may read; its own and unreachable ones are skipped."""
+    if len(redis_urls) < 2:
+        pytest.skip("needs 2 Redis servers (keyshift dev up --redis-instances 1)")
+    r1_url, r2_url = redis_urls[:2]
+    app = unique("app")
+    settings = Settings.build(app, brokers=brokers, state=r1_url, peers=(r2_url,))
+    create_topics(admin, app)
+    r1 = RedisStore(r1_url)
+    try:
+        with restorer_for(settings, r1, "i1") as (view, restorer):
+            created: list[int] = []
+            make_consumer = restorer.restore_consumer
+            restorer.restore_consumer = lambda: created.append(1) or make_consumer()
+            for partition, url in enumerate((r1_url, r2_url, GONE)):
+                view.publish(Location("s", partition, f"i{partition}", redact(url), 1))
+            view.catch_up()
+            assert restorer.warm_up() == 1  # r2 answered; r1 is its own; GONE is down
+            assert created == [1]
+            assert set(restorer._sources) == {r2_url, GONE}
+    finally:
+        r1.close()

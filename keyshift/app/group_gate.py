@@ -20,13 +20,16 @@ A stopping worker goes on processing while it waits, and commits once more
 before it leaves: the records it processes meanwhile are not held up, and its
 last commit (the one each of its partitions waits for) is small.
 
-**Committing ahead of a join.** A join takes partitions from the running
+**Committing ahead of a rebalance.** A join takes partitions from the running
 workers, and each commits the changes of those tasks since its last commit
 before it lets them go: that commit is part of every moved partition's pause,
-and so is a regular commit it may be in the middle of. Before opening a join
-gate the supervisor asks the running workers to commit at once
-(:class:`Checkpoints`); the join then finds them with a fraction of a second of
-changes to commit and no regular commit under way (the next is an interval away).
+and so is a regular commit it may be in the middle of. Likewise a worker that
+takes over a leaving worker's partitions does so only between its batches and
+commits. Before opening a join gate, and before letting stopped workers leave,
+the supervisor asks the running workers (those that stay) to commit at once
+(:class:`Checkpoints`); the rebalance then finds them with a fraction of a
+second of changes to commit and no regular commit under way (the next is an
+interval away).
 
 The gate is a few files next to the supervisor's run file: ``<gate>`` once
 open, and per worker ``<gate>.<instance>.ready`` (ready to join),
@@ -49,7 +52,7 @@ log = logging.getLogger("keyshift.group_gate")
 GATE_TIMEOUT_S = 60.0
 #: Longest a stopping worker, committed, waits for the others stopping with it.
 LEAVE_TIMEOUT_S = 5.0
-#: Longest the supervisor waits for the running workers to commit ahead of a join.
+#: Longest the supervisor waits for the running workers to commit ahead of a rebalance.
 CHECKPOINT_TIMEOUT_S = 5.0
 #: How often both sides look at the gate's files.
 POLL_S = 0.005
@@ -155,7 +158,8 @@ class GroupGate:
 
 @dataclass(frozen=True)
 class Checkpoints:
-    """The supervisor's requests to its running workers: commit now (a join follows).
+    """The supervisor's requests to its running workers: commit now (a join or a
+    leave follows).
 
     ``<dir>/checkpoint`` holds the number of the latest request; a worker that
     has committed for request ``n`` creates ``<dir>/checkpoint-<n>.<instance>``.

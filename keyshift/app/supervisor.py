@@ -189,10 +189,17 @@ class Supervisor:
                 slot.gate.forget(slot.instance_id)
 
     def _let_leave(self, slots: list[Slot], timeout_s: float = LEAVE_TIMEOUT_S) -> None:
-        """Let stopping workers leave the group once all of them have committed."""
+        """Let stopping workers leave the group once all of them have committed,
+        and the workers that stay (and take over their partitions) too."""
         gated = [s for s in slots if s.gate is not None and s.proc is not None]
+        staying = self._running(exclude=slots) if gated else []
+        # Both commit at the same time: the stopping workers (they go on
+        # processing meanwhile) and the staying ones.
+        request = self._request_checkpoint() if staying else None
         _await(gated, lambda s: s.gate is not None and s.gate.is_leaving(s.instance_id),
                timeout_s)
+        if request is not None:
+            self._await_checkpoint(request, staying, "leave")
         for slot in gated:
             assert slot.gate is not None
             slot.gate.let_leave(slot.instance_id)
@@ -233,11 +240,9 @@ class Supervisor:
         began = time.monotonic()
         _await(slots, lambda s: gate.is_ready(s.instance_id), timeout_s,
                give_up=lambda: self._stopping)
-        running = [s for s in self.slots.values()
-                   if s not in slots and not s.retired and s.proc is not None
-                   and s.proc.poll() is None]
+        running = self._running(exclude=slots)
         if running:
-            self._checkpoint(running)
+            self._await_checkpoint(self._request_checkpoint(), running, "join")
         gate.open()
         now = time.monotonic()
         # Long after opening, no worker can still be waiting at a gate: delete its files.
@@ -250,19 +255,32 @@ class Supervisor:
             self._say(f"instances {', '.join(s.instance_id for s in slots)} join together "
                       f"(ready after {time.monotonic() - began:.1f}s)")
 
-    def _checkpoint(self, running: list[Slot]) -> None:
-        """Have the running workers commit, then return: a join follows (see
-        :class:`~keyshift.app.group_gate.Checkpoints`)."""
+    def _running(self, exclude: list[Slot]) -> list[Slot]:
+        return [s for s in self.slots.values()
+                if s not in exclude and not s.retired and s.proc is not None
+                and s.proc.poll() is None]
+
+    def _request_checkpoint(self) -> tuple[int, float]:
+        """Ask the running workers to commit: a join or a leave follows (see
+        :class:`~keyshift.app.group_gate.Checkpoints`). Returns the request's
+        number and when it was made."""
+        return Checkpoints(gate_dir(self.app_id)).request(), time.monotonic()
+
+    def _await_checkpoint(self, request: tuple[int, float], running: list[Slot],
+                          ahead_of: str) -> None:
+        """Wait until ``running`` have committed for ``request`` (or exited, or
+        :data:`CHECKPOINT_TIMEOUT_S` passed since it was made)."""
         checkpoints = Checkpoints(gate_dir(self.app_id))
-        request = checkpoints.request()
-        began = time.monotonic()
-        _await(running, lambda s: checkpoints.is_done(request, s.instance_id),
-               CHECKPOINT_TIMEOUT_S, give_up=lambda: self._stopping)
+        number, began = request
+        _await(running, lambda s: checkpoints.is_done(number, s.instance_id),
+               CHECKPOINT_TIMEOUT_S - (time.monotonic() - began),
+               give_up=lambda: self._stopping)
         ids = [s.instance_id for s in running]
-        late = [i for i in ids if not checkpoints.is_done(request, i)]
-        checkpoints.forget(request, ids)
-        log.info("running instances committed ahead of the join",
-                 extra={"instances": ",".join(ids), "late": ",".join(late),
+        late = [i for i in ids if not checkpoints.is_done(number, i)]
+        checkpoints.forget(number, ids)
+        log.info("running instances committed ahead of a rebalance",
+                 extra={"ahead_of": ahead_of, "instances": ",".join(ids),
+                        "late": ",".join(late),
                         "seconds": round(time.monotonic() - began, 3)})
 
     def _watch(self) -> None:

@@ -18,7 +18,6 @@ the marker's offset, so state is never double-counted.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import socket
 import threading
@@ -80,6 +79,9 @@ COPY_TURN_S = 0.02
 # Leaving the group normally takes well under a second; a close that hangs
 # (librdkafka mid-rebalance) must not keep a failed worker from exiting.
 CLOSE_TIMEOUT_S = 30.0
+#: Most records a worker waiting to leave takes per batch, and how often it commits.
+LEAVING_BATCH = 200
+LEAVING_COMMIT_S = 0.1
 
 
 class Worker:
@@ -98,6 +100,7 @@ class Worker:
         self._running = False
         self._stop_asked = False
         self._gate_passed = False  # the leave gate (see loop())
+        self._closing = False  # the consumer is closing: assignments are passed on
         self._leave_waited = 0.0
         self._batch_done = 0.0  # when the last batch was processed
         self._reaper = Reaper()  # frees the caches of tasks that left
@@ -212,14 +215,14 @@ class Worker:
             log.warning("leave gate did not open in time; leaving alone", extra=extra)
 
     def _checkpoint(self, request: int) -> None:
-        """Commit now: the supervisor is about to let new workers join (see
+        """Commit now: the supervisor is about to let workers join or leave (see
         :class:`~keyshift.app.group_gate.Checkpoints`)."""
         assert self.group_gate is not None
         started = time.monotonic()
         if not self._failed:
             self.commit()
         self.group_gate.checkpoints.done(request, self.instance)
-        log.info("committed ahead of a join", extra={
+        log.info("committed ahead of a rebalance", extra={
             "instance": self.instance, "request": request,
             "seconds": round(time.monotonic() - started, 3)})
 
@@ -231,6 +234,8 @@ class Worker:
         except KafkaException as exc:  # only a warm-up: subscribing reports real trouble
             log.warning("metadata warm-up failed", extra={"error": str(exc)})
         self._locations.catch_up()
+        if self._restorer is not None:
+            self._restorer.warm_up()
         waited = time.monotonic()
         opened = gate.wait(self.instance, stopped=lambda: self._stop_asked)
         extra = {"instance": self.instance,
@@ -281,7 +286,11 @@ class Worker:
                         self._passed_leave_gate(False)
                         break
                     leave_by = self._leave_waited + LEAVE_TIMEOUT_S
-                    next_commit = math.inf  # the last commit is close()'s
+                    # Frequent small commits: what close() commits last (after
+                    # the last record, so part of every moved partition's
+                    # pause) is what came after the latest of them.
+                    interval = LEAVING_COMMIT_S
+                    next_commit = time.monotonic() + interval
                 elif gate.may_leave(self.instance) or time.monotonic() >= leave_by:
                     self._passed_leave_gate(gate.may_leave(self.instance))
                     break
@@ -298,7 +307,10 @@ class Worker:
             wait = 0.1 if leave_by is None else POLL_S
             if self._copying:
                 wait = min(wait, max(0.0, self._copy_turn - time.monotonic()))
-            msgs = consume_available(consumer, batch, wait)
+            # While waiting to leave, small batches: the worker sees at once that
+            # it may leave, and its last commit stays small.
+            msgs = consume_available(consumer, batch if leave_by is None else LEAVING_BATCH,
+                                     wait)
             after = time.monotonic()
             if after - last > self._stall_s:
                 self._verify_ownership(after - last)
@@ -342,6 +354,7 @@ class Worker:
             raise
         finally:
             if self._consumer is not None:
+                self._closing = True
                 stuck, error = _close_within(self._consumer, CLOSE_TIMEOUT_S)
                 if stuck or error is not None:
                     self._failed = True
@@ -774,6 +787,16 @@ class Worker:
             self._copy_turn = ended + (ended - started) * (1 - share) / share
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if self._closing:
+            # Given partitions while leaving (another member left a moment
+            # earlier): pass them on untouched. Restoring them would claim and
+            # fence their state, and send their next owner to copy it from here.
+            consumer.incremental_assign(partitions)
+            log.info("partitions assigned while closing; passing them on",
+                     extra={"instance": self.instance,
+                            "partitions": ",".join(f"{t.topic}[{t.partition}]"
+                                                   for t in partitions)})
+            return
         started = time.monotonic()
         assign = []
         assert self._locations is not None and self._admin is not None

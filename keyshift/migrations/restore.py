@@ -85,6 +85,23 @@ class Restorer:
         base, aside = split_aside(url)
         return self._source(base).partition(self.settings.app_id, store, partition, aside=aside)
 
+    def warm_up(self) -> int:
+        """Connect ahead of time to the Redis servers the first restores will
+        likely read (every URL in the locations view but this instance's own),
+        and create the changelog consumer: a first connection costs tens of
+        milliseconds on a busy machine, and would otherwise come out of a moved
+        partition's pause. Unreachable servers are skipped (the planner deals
+        with them). Returns how many servers answered."""
+        self.restore_consumer()
+        urls = {split_aside(u)[0] for loc in self.locations.all()
+                for u in (loc.url, loc.source, *loc.origins) if u is not None}
+        answered = 0
+        for url in sorted(urls - {self.local_url}):
+            resolved = self.resolve(url)
+            if resolved is not None and self.reachable(resolved):
+                answered += 1
+        return answered
+
     def reachable(self, url: str) -> bool:
         try:
             self._source(url).ping()
