@@ -102,8 +102,13 @@ def test_scale_1_3_1_mid_stream(strategy, guarantee, brokers, admin, redis_urls,
     assert [line for line in lines if "join together" in line], lines[-50:]
     assert len([line for line in lines if "join gate opened" in line]) == 3, lines[-50:]
     # The one worker running committed before they joined (the first start had
-    # nobody running), and again before the two stopped ones left.
-    assert len([line for line in lines if "committed ahead of a rebalance" in line]) == 2
+    # nobody running), and again before the two stopped ones left; the
+    # supervisor waited for it both times, and not in vain.
+    assert len([line for line in lines
+                if "keyshift.worker: committed ahead of a rebalance" in line]) == 2
+    waits = [line for line in lines if "running instances committed ahead of a rebalance" in line]
+    assert sorted(line.split("ahead_of=")[1].split()[0] for line in waits) == ["join", "leave"]
+    assert all(" late= " in line for line in waits), waits
     # ... and the two the scale-in stops (then the last one) leave it together.
     assert len([line for line in lines if "leaving the group with the others" in line]) == 3
     assert not [line for line in lines if "did not open in time" in line]

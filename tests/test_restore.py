@@ -32,6 +32,19 @@ def create_topics(admin: Any, app: str) -> str:
     return changelog
 
 
+def two_servers(brokers: str, redis_urls: list[str], admin: Any,
+                unique: Callable[..., str]) -> tuple[Settings, str, str]:
+    """Settings of a new app on R1 with R2 as its peer, its topics created;
+    skips the test without two Redis servers."""
+    if len(redis_urls) < 2:
+        pytest.skip("needs 2 Redis servers (keyshift dev up --redis-instances 1)")
+    r1_url, r2_url = redis_urls[:2]
+    app = unique("app")
+    settings = Settings.build(app, brokers=brokers, state=r1_url, peers=(r2_url,))
+    create_topics(admin, app)
+    return settings, r1_url, r2_url
+
+
 @contextmanager
 def restorer_for(settings: Settings, local: RedisStore,
                  instance: str) -> Iterator[tuple[LocationsView, Restorer]]:
@@ -92,12 +105,8 @@ def test_task_back_mid_copy_sets_its_stale_copy_aside(
 ) -> None:
     """R1 -> R2 mid-copy, then back to R1: progressive from R2 with R1's old data
     read last from its aside copy (not a replay), and the result is the newest."""
-    if len(redis_urls) < 2:
-        pytest.skip("needs 2 Redis servers (keyshift dev up --redis-instances 1)")
-    r1_url, r2_url = redis_urls[:2]
-    app = unique("app")
-    settings = Settings.build(app, brokers=brokers, state=r1_url, peers=(r2_url,))
-    create_topics(admin, app)
+    settings, r1_url, r2_url = two_servers(brokers, redis_urls, admin, unique)
+    app = settings.app_id
     r1, r2 = RedisStore(r1_url), RedisStore(r2_url)
     old, new = r1.partition(app, "s", 0), r2.partition(app, "s", 0)
     aside = r1.partition(app, "s", 0, aside=True)
@@ -184,12 +193,7 @@ def test_warm_up_connects_to_the_other_instances_redis_before_any_restore(
 ) -> None:
     """A worker about to join connects ahead of time to every Redis a first
     restore may read; its own and unreachable ones are skipped."""
-    if len(redis_urls) < 2:
-        pytest.skip("needs 2 Redis servers (keyshift dev up --redis-instances 1)")
-    r1_url, r2_url = redis_urls[:2]
-    app = unique("app")
-    settings = Settings.build(app, brokers=brokers, state=r1_url, peers=(r2_url,))
-    create_topics(admin, app)
+    settings, r1_url, r2_url = two_servers(brokers, redis_urls, admin, unique)
     r1 = RedisStore(r1_url)
     try:
         with restorer_for(settings, r1, "i1") as (view, restorer):

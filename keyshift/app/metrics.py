@@ -50,7 +50,6 @@ class Metrics:
             "state_keys": dict(self.state_keys),
         }
 
-
     def add_phase(self, phase: str, seconds: float) -> None:
         self.commit_phases[phase] = self.commit_phases.get(phase, 0.0) + seconds
 

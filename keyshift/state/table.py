@@ -118,7 +118,7 @@ class Table:
 
     def take_changes(self) -> dict[bytes, bytes | None]:
         """The encoded latest value of every key changed since the last commit."""
-        cache, dumps = self._cache, orjson.dumps
+        cache, dumps = self._cache, orjson.dumps  # encode_value, inlined: once per key
         return {k: None if (v := cache[k]) is MISSING or v is None else dumps(v)
                 for k in self._dirty}
 
@@ -164,9 +164,9 @@ class Table:
 
     def release(self) -> dict[bytes, Any]:
         """The task left this worker: detach the cache and return it, for the
-        caller to free (see :mod:`keyshift.app.reaper`). The table keeps none of
-        it: a dropped task can sit in reference cycles until a full garbage
-        collection."""
+        caller to free when it suits it (the worker frees a slice per loop
+        turn). The table keeps none of it: a dropped task can sit in reference
+        cycles until a full garbage collection."""
         cache, self._cache = self._cache, {}
         self._drop_cache()
         self.source = None
