@@ -2,8 +2,8 @@
 
 A revoked task's cache holds tens of thousands of decoded values, and freeing
 them costs about a microsecond each: 313 ms for three tasks in the migration
-benchmark. Freed inside the revocation callback, that time delayed the
-acknowledgement of the unassignment, so the moved partitions' pause; freed all
+benchmark. Freed inside the revocation callback, that time held the callback
+up, and the new owners got the partitions only after it; freed all
 at once later, it stalls the tasks that stay; left to the garbage collector
 (dropped tasks sit in reference cycles), it stalled a worker for 1.6 s in one
 full collection. The worker hands dropped caches to a :class:`Reaper`, which

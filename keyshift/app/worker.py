@@ -884,8 +884,8 @@ class Worker:
 
     def _release(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Drop the tasks and unassign their partitions. Their caches are freed
-        from the loop, a slice per turn, so as not to delay the unassignment's
-        acknowledgement (see :mod:`keyshift.app.reaper`)."""
+        from the loop, a slice per turn, so as not to hold up the callback (see
+        :mod:`keyshift.app.reaper`)."""
         for tp in partitions:
             self._drop(tp.topic, tp.partition)
         consumer.incremental_unassign(partitions)
