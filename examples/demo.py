@@ -1,4 +1,8 @@
-"""`make demo`: word count on 2 workers, scaled out to 3 and in to 1 while data flows.
+"""`make demo`: word count on 1 worker, scaled out to 3 and in to 1 while data flows.
+
+It starts from one worker so that the scale-out has to move stateful tasks: from
+two workers, each holding three source and three repartition partitions, the
+sticky assignor gave the third worker only source (stateless) partitions.
 
 Prints every migration (strategy, keys moved, pause, duration), the top words,
 and whether the final counts are exact. Uses the sandbox from `keyshift dev up`
@@ -62,12 +66,12 @@ def main() -> int:
         + ("one Redis per instance " if per_instance else "one shared Redis ") + ", ".join(states))
     log_path = ROOT / ".keyshift" / f"demo-{run_id}.log"
     log_path.parent.mkdir(exist_ok=True)
-    cmd = [sys.executable, "-m", "keyshift", "run", "examples.wordcount:app", "--instances", "2"]
+    cmd = [sys.executable, "-m", "keyshift", "run", "examples.wordcount:app", "--instances", "1"]
     for url in states:
         cmd += ["--state", url]
     with log_path.open("wb") as log:
         sup = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    say(f"started `keyshift run ... --instances 2` (worker logs: {log_path})")
+    say(f"started `keyshift run ... --instances 1` (worker logs: {log_path})")
 
     sentences = [TEXT[i % len(TEXT)] for i in range(12000)]
     expected = collections.Counter(w for s in sentences for w in s.split())
