@@ -43,9 +43,9 @@ _CONSUMER_ONLY_CLASSIC = (
 #: The group session timeout and heartbeat interval keyshift asks for, unless the
 #: ``session.timeout.ms`` / ``heartbeat.interval.ms`` Kafka settings override them.
 #: Fast heartbeats: under KIP-848 a member learns of an assignment change only at
-#: its next heartbeat, once when the old owner is told to let a partition go and
-#: once when the new owner is given it, so the interval sits in every move's pause
-#: (the broker's ``group.consumer.min.heartbeat.interval.ms`` must allow it).
+#: its next heartbeat, so a new owner's wait for it (up to one interval) is part
+#: of every move's pause (the broker's ``group.consumer.min.heartbeat.interval.ms``
+#: must allow it).
 SESSION_TIMEOUT_MS = 10_000
 HEARTBEAT_INTERVAL_MS = 100
 
