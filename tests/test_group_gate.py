@@ -38,7 +38,7 @@ opened = gate.wait(instance, timeout_s=30)
 stopping = []  # from here on, SIGTERM means: commit, then leave with the others
 signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
 out.write_text(f"{time.time()} {opened}")
-watch = CheckpointWatch(gate.checkpoints)
+watch = CheckpointWatch(gate.checkpoints, instance)
 deadline = time.monotonic() + 60
 while not stopping and time.monotonic() < deadline:
     request = watch.new_request()

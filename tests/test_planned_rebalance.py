@@ -22,9 +22,9 @@ pytestmark = pytest.mark.unit
 def test_checkpoint_requests_are_numbered_and_answered_per_instance(tmp_path: Path) -> None:
     checkpoints = Checkpoints(tmp_path / "gates")
     assert checkpoints.latest() == 0
-    assert checkpoints.request() == 1
-    assert checkpoints.request() == 2
-    assert checkpoints.latest() == 2
+    assert checkpoints.request(["w0"]) == 1
+    assert checkpoints.request(["w0", "w1"]) == 2
+    assert checkpoints.read() == (2, frozenset({"w0", "w1"}))
     assert not checkpoints.is_done(2, "w0")
     checkpoints.done(2, "w0")
     assert checkpoints.is_done(2, "w0") and not checkpoints.is_done(2, "w1")
@@ -32,13 +32,17 @@ def test_checkpoint_requests_are_numbered_and_answered_per_instance(tmp_path: Pa
     assert sorted(p.name for p in (tmp_path / "gates").iterdir()) == ["checkpoint"]
 
 
-def test_a_watch_reports_each_new_request_once_and_ignores_older_ones(tmp_path: Path) -> None:
+def test_a_watch_reports_each_new_request_to_it_once(tmp_path: Path) -> None:
     checkpoints = Checkpoints(tmp_path)
-    checkpoints.request()  # made before the worker ran: not for it
-    watch = CheckpointWatch(checkpoints)
+    checkpoints.request(["w0"])  # made before the worker ran: not for it
+    watch = CheckpointWatch(checkpoints, "w0")
     assert watch.new_request() is None
-    assert checkpoints.request() == 2
+    assert checkpoints.request(["w0", "w1"]) == 2
     assert watch.new_request() == 2
+    assert watch.new_request() is None
+    # Not asked (e.g. it is being stopped, and may see the request before its
+    # stop signal): it does not answer.
+    assert checkpoints.request(["w1"]) == 3
     assert watch.new_request() is None
 
 
@@ -124,7 +128,8 @@ def test_a_running_worker_commits_when_the_supervisor_asks_and_says_so(tmp_path:
     # Call 1 returns the batch; calls 2-3 (one idle turn) make the request; the
     # next turn sees it and commits before call 4.
     consumer = _FeedingConsumer(
-        [_msgs(0, ["a", "a", "b"])], {2: lambda: requests.append(checkpoints.request()), 4: check}
+        [_msgs(0, ["a", "a", "b"])],
+        {2: lambda: requests.append(checkpoints.request([worker.instance])), 4: check},
     )
     worker._consumer = consumer  # type: ignore[assignment]
     worker.loop()

@@ -161,8 +161,10 @@ class Checkpoints:
     """The supervisor's requests to its running workers: commit now (a join or a
     leave follows).
 
-    ``<dir>/checkpoint`` holds the number of the latest request; a worker that
-    has committed for request ``n`` creates ``<dir>/checkpoint-<n>.<instance>``.
+    ``<dir>/checkpoint`` holds the number of the latest request, then the
+    instances asked, one per line (not the ones being stopped: a stopping worker
+    may see the request before its stop signal); a worker that has committed
+    for request ``n`` creates ``<dir>/checkpoint-<n>.<instance>``.
     """
 
     dir: Path
@@ -171,21 +173,25 @@ class Checkpoints:
     def request_file(self) -> Path:
         return self.dir / "checkpoint"
 
-    def request(self) -> int:
-        """Ask for a commit; returns the request's number."""
+    def request(self, instances: Iterable[str]) -> int:
+        """Ask ``instances`` to commit; returns the request's number."""
         number = self.latest() + 1
         self.dir.mkdir(parents=True, exist_ok=True)
         temporary = self.dir / "checkpoint.tmp"
-        temporary.write_text(str(number))
-        os.replace(temporary, self.request_file)  # workers never read half a number
+        temporary.write_text("\n".join([str(number), *instances]))
+        os.replace(temporary, self.request_file)  # workers never read half a request
         return number
 
-    def latest(self) -> int:
-        """The latest request's number (0 if none)."""
+    def read(self) -> tuple[int, frozenset[str]]:
+        """The latest request: its number (0 if none) and the instances asked."""
         try:
-            return int(self.request_file.read_text())
+            number, *instances = self.request_file.read_text().split("\n")
+            return int(number), frozenset(instances)
         except (OSError, ValueError):
-            return 0
+            return 0, frozenset()
+
+    def latest(self) -> int:
+        return self.read()[0]
 
     def _done_file(self, number: int, instance: str) -> Path:
         return self.dir / f"checkpoint-{number}.{instance}"
@@ -202,10 +208,11 @@ class Checkpoints:
 
 
 class CheckpointWatch:
-    """A worker's watch for new commit requests: one ``stat()`` per look."""
+    """A worker's watch for new commit requests to ``instance``: one ``stat()`` per look."""
 
-    def __init__(self, checkpoints: Checkpoints) -> None:
+    def __init__(self, checkpoints: Checkpoints, instance: str) -> None:
         self.checkpoints = checkpoints
+        self.instance = instance
         self._mtime = self._stat()
         self._seen = checkpoints.latest()  # requests from before this worker ran are moot
 
@@ -216,13 +223,13 @@ class CheckpointWatch:
             return 0
 
     def new_request(self) -> int | None:
-        """The number of a request made since the last look, if any."""
+        """The number of a request to this instance made since the last look, if any."""
         mtime = self._stat()
         if mtime == self._mtime:
             return None
         self._mtime = mtime
-        latest = self.checkpoints.latest()
+        latest, instances = self.checkpoints.read()
         if latest <= self._seen:
             return None
         self._seen = latest
-        return latest
+        return latest if self.instance in instances else None

@@ -195,7 +195,7 @@ class Supervisor:
         staying = self._running(exclude=slots) if gated else []
         # Both commit at the same time: the stopping workers (they go on
         # processing meanwhile) and the staying ones.
-        request = self._request_checkpoint() if staying else None
+        request = self._request_checkpoint(staying) if staying else None
         _await(gated, lambda s: s.gate is not None and s.gate.is_leaving(s.instance_id),
                timeout_s)
         if request is not None:
@@ -242,7 +242,7 @@ class Supervisor:
                give_up=lambda: self._stopping)
         running = self._running(exclude=slots)
         if running:
-            self._await_checkpoint(self._request_checkpoint(), running, "join")
+            self._await_checkpoint(self._request_checkpoint(running), running, "join")
         gate.open()
         now = time.monotonic()
         # Long after opening, no worker can still be waiting at a gate: delete its files.
@@ -260,11 +260,12 @@ class Supervisor:
                 if s not in exclude and not s.retired and s.proc is not None
                 and s.proc.poll() is None]
 
-    def _request_checkpoint(self) -> tuple[int, float]:
-        """Ask the running workers to commit: a join or a leave follows (see
+    def _request_checkpoint(self, running: list[Slot]) -> tuple[int, float]:
+        """Ask ``running`` to commit: a join or a leave follows (see
         :class:`~keyshift.app.group_gate.Checkpoints`). Returns the request's
         number and when it was made."""
-        return Checkpoints(gate_dir(self.app_id)).request(), time.monotonic()
+        number = Checkpoints(gate_dir(self.app_id)).request(s.instance_id for s in running)
+        return number, time.monotonic()
 
     def _await_checkpoint(self, request: tuple[int, float], running: list[Slot],
                           ahead_of: str) -> None:

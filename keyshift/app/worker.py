@@ -269,7 +269,7 @@ class Worker:
         batch = self.settings.batch_size
         last = time.monotonic()
         gate = self.group_gate
-        watch = None if gate is None else CheckpointWatch(gate.checkpoints)
+        watch = None if gate is None else CheckpointWatch(gate.checkpoints, self.instance)
         leave_by: float | None = None  # while waiting at the leave gate
         if not self._running:
             return  # stopped while starting: close() commits and leaves
