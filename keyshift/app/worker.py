@@ -101,7 +101,6 @@ class Worker:
         self._stop_asked = False
         self._gate_passed = False  # the leave gate (see loop())
         self._closing = False  # the consumer is closing: assignments are passed on
-        self._leave_waited = 0.0
         self._batch_done = 0.0  # when the last batch was processed
         self._reaper = Reaper()  # frees the caches of tasks that left
         self._failed = False
@@ -202,13 +201,13 @@ class Worker:
     def _leave_at_gate(self, gate: GroupGate) -> None:
         """Committed: leave the group together with the others stopped in this step
         (when the loop did not wait for them already)."""
-        self._leave_waited = time.monotonic()
-        self._passed_leave_gate(gate.wait_to_leave(self.instance))
+        since = time.monotonic()
+        self._passed_leave_gate(gate.wait_to_leave(self.instance), since)
 
-    def _passed_leave_gate(self, allowed: bool) -> None:
+    def _passed_leave_gate(self, allowed: bool, since: float) -> None:
+        """Log how leaving went (``since``: when the worker reported it was ready)."""
         self._gate_passed = True
-        extra = {"instance": self.instance,
-                 "waited_ms": round((time.monotonic() - self._leave_waited) * 1000)}
+        extra = {"instance": self.instance, "waited_ms": _ms(time.monotonic() - since)}
         if allowed:
             log.info("leaving the group with the others stopped with it", extra=extra)
         else:
@@ -239,7 +238,7 @@ class Worker:
         waited = time.monotonic()
         opened = gate.wait(self.instance, stopped=lambda: self._stop_asked)
         extra = {"instance": self.instance,
-                 "waited_ms": round((time.monotonic() - waited) * 1000)}
+                 "waited_ms": _ms(time.monotonic() - waited)}
         if opened:
             log.info("join gate opened", extra=extra)
         elif not self._stop_asked:
@@ -270,29 +269,29 @@ class Worker:
         last = time.monotonic()
         gate = self.group_gate
         watch = None if gate is None else CheckpointWatch(gate.checkpoints, self.instance)
-        leave_by: float | None = None  # while waiting at the leave gate
+        leaving_since: float | None = None  # while waiting at the leave gate
         if not self._running:
             return  # stopped while starting: close() commits and leaves
         while True:
             if not self._running:
                 if gate is None or self._gate_passed:
                     break
-                if leave_by is None:
+                if leaving_since is None:
                     # Commit, report, and go on processing until the others
                     # stopped in this step have committed too.
                     self.commit()
-                    self._leave_waited = time.monotonic()
+                    leaving_since = time.monotonic()
                     if not gate.report_leaving(self.instance):
-                        self._passed_leave_gate(False)
+                        self._passed_leave_gate(False, leaving_since)
                         break
-                    leave_by = self._leave_waited + LEAVE_TIMEOUT_S
                     # Frequent small commits: what close() commits last (after
                     # the last record, so part of every moved partition's
                     # pause) is what came after the latest of them.
                     interval = LEAVING_COMMIT_S
                     next_commit = time.monotonic() + interval
-                elif gate.may_leave(self.instance) or time.monotonic() >= leave_by:
-                    self._passed_leave_gate(gate.may_leave(self.instance))
+                elif ((allowed := gate.may_leave(self.instance))
+                      or time.monotonic() >= leaving_since + LEAVE_TIMEOUT_S):
+                    self._passed_leave_gate(allowed, leaving_since)
                     break
             elif watch is not None and (request := watch.new_request()) is not None:
                 self._checkpoint(request)
@@ -304,12 +303,12 @@ class Worker:
                     task.fresh_input()
                 self._rewound.clear()
             # While a background copy runs, idle in consume only until its next turn.
-            wait = 0.1 if leave_by is None else POLL_S
+            wait = 0.1 if leaving_since is None else POLL_S
             if self._copying:
                 wait = min(wait, max(0.0, self._copy_turn - time.monotonic()))
             # While waiting to leave, small batches: the worker sees at once that
             # it may leave, and its last commit stays small.
-            msgs = consume_available(consumer, batch if leave_by is None else LEAVING_BATCH,
+            msgs = consume_available(consumer, batch if leaving_since is None else LEAVING_BATCH,
                                      wait)
             after = time.monotonic()
             if after - last > self._stall_s:
@@ -793,9 +792,7 @@ class Worker:
             # fence their state, and send their next owner to copy it from here.
             consumer.incremental_assign(partitions)
             log.info("partitions assigned while closing; passing them on",
-                     extra={"instance": self.instance,
-                            "partitions": ",".join(f"{t.topic}[{t.partition}]"
-                                                   for t in partitions)})
+                     extra={"instance": self.instance, "partitions": _names(partitions)})
             return
         started = time.monotonic()
         assign = []
@@ -860,7 +857,7 @@ class Worker:
             log.info(
                 "partitions revoked",
                 extra={"instance": self.instance,
-                       "partitions": ",".join(f"{t.topic}[{t.partition}]" for t in partitions),
+                       "partitions": _names(partitions),
                        # where the revoked tasks' pause went on this side
                        "since_batch_ms": _ms(entered - self._batch_done),
                        "commit_ms": _ms(committed - entered),
@@ -871,7 +868,7 @@ class Worker:
         log.warning(
             "partitions lost",
             extra={"instance": self.instance,
-                   "partitions": ",".join(f"{t.topic}[{t.partition}]" for t in partitions)},
+                   "partitions": _names(partitions)},
         )
         try:
             if self.settings.exactly_once and not self._failed:
@@ -897,6 +894,11 @@ _PURGED = frozenset({KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT})
 
 def _ms(seconds: float) -> int:
     return round(seconds * 1000)
+
+
+def _names(partitions: list[TopicPartition]) -> str:
+    """``topic[partition]`` of each, comma-separated (for logs)."""
+    return ",".join(f"{t.topic}[{t.partition}]" for t in partitions)
 
 
 def _requires_abort(exc: KafkaException) -> bool:

@@ -118,9 +118,8 @@ class Table:
 
     def take_changes(self) -> dict[bytes, bytes | None]:
         """The encoded latest value of every key changed since the last commit."""
-        cache, dumps = self._cache, orjson.dumps  # encode_value, inlined: once per key
-        return {k: None if (v := cache[k]) is MISSING or v is None else dumps(v)
-                for k in self._dirty}
+        cache = self._cache
+        return {k: encode_value(cache[k]) for k in self._dirty}
 
     def take_fills(self) -> dict[bytes, bytes]:
         """Keys fetched from a migration source: written locally, not to the changelog."""
