@@ -80,7 +80,7 @@ def test_wordcount_end_to_end(
         group = group_config(admin, app_id)
         assert group["consumer.assignment.interval.ms"] == "0"
         assert group["consumer.session.timeout.ms"] == "10000"
-        assert group["consumer.heartbeat.interval.ms"] == "100"
+        assert group["consumer.heartbeat.interval.ms"] == "50"
         assert "group configs set" in (tmp_path / "worker.log").read_text()
 
 

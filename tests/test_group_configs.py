@@ -23,12 +23,12 @@ pytestmark = pytest.mark.usefixtures("no_keyshift_env")
 @pytest.mark.unit
 def test_defaults_are_the_same_under_both_protocols() -> None:
     classic = consumer_config(Settings.build("app"))
-    assert (classic["session.timeout.ms"], classic["heartbeat.interval.ms"]) == (10_000, 100)
+    assert (classic["session.timeout.ms"], classic["heartbeat.interval.ms"]) == (10_000, 50)
     kip848 = Settings.build("app", group_protocol="consumer")
     assert consumer_group_configs(kip848) == {
         "consumer.assignment.interval.ms": "0",
         "consumer.session.timeout.ms": "10000",
-        "consumer.heartbeat.interval.ms": "100",
+        "consumer.heartbeat.interval.ms": "50",
     }
     # librdkafka refuses the classic-only settings under KIP-848.
     assert "session.timeout.ms" not in consumer_config(kip848)

@@ -4,7 +4,10 @@ worker loop with stand-in Kafka clients, real tasks, tables and memory state).""
 
 from __future__ import annotations
 
+import gc
 import logging
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,10 +16,19 @@ from test_worker_close import _add_task, _Consumer, _msgs, _Producer
 
 from keyshift.app.app import App
 from keyshift.app.group_gate import Checkpoints, CheckpointWatch, GroupGate
-from keyshift.app.worker import Worker
+from keyshift.app.worker import LEAVING_BATCH, RESUME_FIRST_S, Worker
+from keyshift.migrations.events import MigrationEvent, now_ms
+from keyshift.migrations.restore import Restored
 from keyshift.state.memory.store import MemoryPartition
 
 pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(autouse=True)
+def _thawed_heap() -> Iterator[None]:
+    """Workers freeze the heap ahead of a rebalance: leave pytest's as it was."""
+    yield
+    gc.unfreeze()
 
 
 def test_checkpoint_requests_are_numbered_and_answered_per_instance(tmp_path: Path) -> None:
@@ -50,23 +62,30 @@ class _FeedingConsumer(_Consumer):
     """Hands the worker loop one prepared batch per call (``[]`` when out), and runs
     ``on_call[n]`` when the loop asks for the n-th time."""
 
-    def __init__(self, batches: list[list[Message]], on_call: dict[int, object]) -> None:
+    def __init__(self, batches: list[list[Message]], on_call: dict[int, object],
+                 call_s: float = 0.0) -> None:
         super().__init__()
+        self.call_s = call_s
         self.batches = batches
         self.on_call = on_call
         self.asked = 0
+        self.sizes: list[int] = []  # num_messages of each call
 
     def consume(self, num_messages: int = 1, timeout: float = -1) -> list[Message]:
         self.asked += 1
+        self.sizes.append(num_messages)
+        time.sleep(self.call_s)
         action = self.on_call.get(self.asked)
         if callable(action):
             action()
         return self.batches.pop(0) if self.batches else []
 
 
-def _gated_worker(tmp_path: Path) -> tuple[Worker, MemoryPartition, GroupGate]:
+def _gated_worker(
+    tmp_path: Path, commit_interval_ms: int = 60_000,
+) -> tuple[Worker, MemoryPartition, GroupGate]:
     app = App("app", brokers="b:1", state="memory://", guarantee="at_least_once",
-              commit_interval_ms=60_000)
+              commit_interval_ms=commit_interval_ms)
     app.stream("words").count(store="counts").to("totals")
     gate = GroupGate(tmp_path / "gates" / "gate-1")
     worker = app.worker(group_gate=gate)
@@ -132,10 +151,22 @@ def test_a_running_worker_commits_when_the_supervisor_asks_and_says_so(tmp_path:
         {2: lambda: requests.append(checkpoints.request([worker.instance])), 4: check},
     )
     worker._consumer = consumer  # type: ignore[assignment]
+
+    class Restorer:
+        warmed = 0
+
+        def warm_up(self) -> int:
+            # Connections to the Redis servers of the partitions it may be given.
+            Restorer.warmed += 1
+            seen["warmed_before_done"] = not checkpoints.is_done(1, worker.instance)
+            return 0
+
+    worker._restorer = Restorer()  # type: ignore[assignment]
     worker.loop()
     # Committed at the request, long before the 60 s commit interval.
     assert requests == [1]
-    assert seen == {"done": True, "a": 2, "b": 1}
+    assert seen == {"done": True, "a": 2, "b": 1, "warmed_before_done": True}
+    assert Restorer.warmed == 1
 
 
 def test_partitions_given_to_a_closing_worker_are_passed_on_untouched(tmp_path: Path) -> None:
@@ -153,3 +184,118 @@ def test_partitions_given_to_a_closing_worker_are_passed_on_untouched(tmp_path: 
     # as its location): the partitions are assigned as they are and left again.
     assert assigned == [given]
     assert set(worker.tasks) == {("words", 0)}
+
+
+@pytest.mark.parametrize("ended_by", ["callback", "deadline"])
+def test_after_a_checkpoint_the_worker_takes_small_batches_and_defers_commits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ended_by: str,
+) -> None:
+    """Between a checkpoint and the rebalance it announces, a rebalance callback
+    waits for at most one small batch, and never for a regular commit."""
+    monkeypatch.setattr("keyshift.app.worker.PREPARED_GRACE_S", 0.0)
+    if ended_by == "deadline":
+        monkeypatch.setattr("keyshift.app.worker.PREPARED_S", 0.3)
+    worker, _, gate = _gated_worker(tmp_path, commit_interval_ms=1)
+    checkpoints = gate.checkpoints
+    seen: dict[str, int] = {}
+
+    def request() -> None:
+        seen["before"] = worker.metrics.commits
+        checkpoints.request([worker.instance])
+
+    def window_ends() -> None:
+        seen["in_window"] = worker.metrics.commits
+        seen["frozen_in_window"] = gc.get_freeze_count()
+        seen["window_calls"] = len(consumer.sizes)
+        if ended_by == "callback":
+            worker._rebalanced(time.monotonic())  # what both callbacks call
+        else:
+            time.sleep(0.35)
+
+    def finish() -> None:
+        seen["after"] = worker.metrics.commits
+        seen["frozen_after"] = gc.get_freeze_count()
+        gate.let_leave(worker.instance)
+        worker.stop()
+
+    batches = [_msgs(i, ["a"]) for i in range(20)]
+    consumer = _FeedingConsumer(batches, {3: request, 12: window_ends, 18: finish},
+                                call_s=0.005)
+    worker._consumer = consumer  # type: ignore[assignment]
+    worker.loop()
+    # Regular commits (every 1 ms here) before the request and after the window;
+    # inside it only the checkpoint's own commit, however long the turns took.
+    assert seen["in_window"] == seen["before"] + 1
+    assert seen["after"] > seen["in_window"]
+    # The heap was frozen for the window (no full collection scans the caches
+    # during the moves), and thawed after it.
+    assert seen["frozen_in_window"] > 0 and seen["frozen_after"] == 0
+    # One call per turn (each returns a batch): the request came during call 3,
+    # the next turn saw it; calls 4-12 ran in the window, calls 13-18 after it
+    # (later ones while leaving, which takes small batches too).
+    sizes = consumer.sizes
+    assert set(sizes[:3]) == {5000}
+    assert set(sizes[3:seen["window_calls"]]) == {LEAVING_BATCH}
+    assert set(sizes[seen["window_calls"]:18]) == {5000}
+
+
+class _Copy:
+    """A progressive copy that never ends; counts its steps."""
+
+    def __init__(self) -> None:
+        self.done = False
+        self.steps = 0
+
+    def step(self) -> bool:
+        self.steps += 1
+        return False
+
+
+def _moved_here(worker: Worker, partition: int, assigned_ms: int) -> tuple[MigrationEvent, _Copy]:
+    """Mark ``words[partition]`` as just migrated to ``worker`` by a progressive copy."""
+    event = MigrationEvent(app="app", store="counts", partition=partition,
+                           strategy="progressive", reason="test", from_instance="old",
+                           from_url="redis://old", to_instance=worker.instance,
+                           to_url="memory://", assigned_ms=assigned_ms)
+    copy = _Copy()
+    restored = Restored(table=None, event=event, copy=copy)  # type: ignore[arg-type]
+    worker._restored.setdefault(("words", partition), []).append(restored)
+    return event, copy
+
+
+def test_background_copies_wait_until_the_new_task_has_processed_a_record(
+    tmp_path: Path,
+) -> None:
+    """A copy turn taken before a moved task's first record would add to its pause."""
+    worker, _, gate = _gated_worker(tmp_path)
+    (tmp_path / "gates").mkdir()
+    event, copy = _moved_here(worker, 0, now_ms())
+    worker._restorer = object()  # type: ignore[assignment]  # (copy_finished not reached)
+    worker._events = object()  # type: ignore[assignment]  # (nothing is emitted)
+    seen: dict[str, int] = {}
+
+    def before_first_record() -> None:
+        seen["idle_steps"] = copy.steps
+
+    def finish() -> None:
+        seen["steps"] = copy.steps
+        gate.let_leave(worker.instance)
+        worker.stop()
+
+    batches: list[list[Message]] = [[] for _ in range(6)] + [_msgs(0, ["a"])]
+    consumer = _FeedingConsumer(batches, {6: before_first_record, 12: finish})
+    worker._consumer = consumer  # type: ignore[assignment]
+    worker.loop()
+    assert seen["idle_steps"] == 0  # six idle calls: the copy waited
+    assert event.first_record_ms is not None
+    assert seen["steps"] > 0  # and went on once the record was processed
+
+
+def test_a_task_that_gets_no_record_holds_up_copies_only_for_a_while(tmp_path: Path) -> None:
+    worker, _, _ = _gated_worker(tmp_path)
+    fresh, _ = _moved_here(worker, 1, now_ms())
+    assert worker._resuming()
+    fresh.record_first(now_ms())
+    assert not worker._resuming()
+    _moved_here(worker, 2, now_ms() - int(RESUME_FIRST_S * 1000) - 100)  # idle too long
+    assert not worker._resuming()

@@ -47,7 +47,7 @@ _CONSUMER_ONLY_CLASSIC = (
 #: of every move's pause (the broker's ``group.consumer.min.heartbeat.interval.ms``
 #: must allow it).
 SESSION_TIMEOUT_MS = 10_000
-HEARTBEAT_INTERVAL_MS = 100
+HEARTBEAT_INTERVAL_MS = 50
 
 
 def group_timeouts(settings: Settings) -> tuple[int, int]:

@@ -17,6 +17,7 @@ the marker's offset, so state is never double-counted.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import socket
@@ -82,6 +83,16 @@ CLOSE_TIMEOUT_S = 30.0
 #: Most records a worker waiting to leave takes per batch, and how often it commits.
 LEAVING_BATCH = 200
 LEAVING_COMMIT_S = 0.1
+#: After committing ahead of a rebalance, a worker takes small batches (at most
+#: ``LEAVING_BATCH`` records), so that a rebalance callback waits for one small
+#: batch at most, and defers regular commits and background copies; until
+#: ``PREPARED_GRACE_S`` after its first rebalance callback, or ``PREPARED_S``
+#: after the request.
+PREPARED_S = 3.0
+PREPARED_GRACE_S = 0.15
+#: Background copies wait until every newly assigned task has processed its first
+#: record (the end of its pause), or this long after its assignment.
+RESUME_FIRST_S = 1.0
 
 
 class Worker:
@@ -101,7 +112,11 @@ class Worker:
         self._stop_asked = False
         self._gate_passed = False  # the leave gate (see loop())
         self._closing = False  # the consumer is closing: assignments are passed on
+        self._closing_since = 0.0  # when close() began closing the consumer
+        self._close_commit_s = 0.0  # how long close()'s own commit took
         self._batch_done = 0.0  # when the last batch was processed
+        self._prepared_until = 0.0  # ready for a rebalance until then (see loop())
+        self._heap_frozen = False  # see _freeze_heap()
         self._reaper = Reaper()  # frees the caches of tasks that left
         self._failed = False
         self._aborts_in_row = 0
@@ -220,7 +235,12 @@ class Worker:
         started = time.monotonic()
         if not self._failed:
             self.commit()
+        if self._restorer is not None:
+            # Partitions may come from instances whose Redis this one never read.
+            self._restorer.warm_up()
+        self._freeze_heap()
         self.group_gate.checkpoints.done(request, self.instance)
+        self._prepared_until = time.monotonic() + PREPARED_S
         log.info("committed ahead of a rebalance", extra={
             "instance": self.instance, "request": request,
             "seconds": round(time.monotonic() - started, 3)})
@@ -280,6 +300,7 @@ class Worker:
                     # Commit, report, and go on processing until the others
                     # stopped in this step have committed too.
                     self.commit()
+                    self._freeze_heap()
                     leaving_since = time.monotonic()
                     if not gate.report_leaving(self.instance):
                         self._passed_leave_gate(False, leaving_since)
@@ -296,6 +317,13 @@ class Worker:
             elif watch is not None and (request := watch.new_request()) is not None:
                 self._checkpoint(request)
                 next_commit = time.monotonic() + interval
+            prepared = leaving_since is not None or time.monotonic() < self._prepared_until
+            # No background copy while a rebalance is expected (with small batches,
+            # copy turns would take most of the loop's time) or while a new task
+            # waits for its first record (its pause).
+            may_copy = not prepared and not self._resuming()
+            if self._heap_frozen and may_copy:
+                self._thaw_heap()
             if self._rewound:
                 # Rewinds seen by the last batch are behind us: the client drops
                 # messages fetched before a seek, so no stale message can follow.
@@ -303,13 +331,13 @@ class Worker:
                     task.fresh_input()
                 self._rewound.clear()
             # While a background copy runs, idle in consume only until its next turn.
-            wait = 0.1 if leaving_since is None else POLL_S
-            if self._copying:
+            wait = POLL_S if prepared else 0.1
+            if self._copying and may_copy:
                 wait = min(wait, max(0.0, self._copy_turn - time.monotonic()))
-            # While waiting to leave, small batches: the worker sees at once that
-            # it may leave, and its last commit stays small.
-            msgs = consume_available(consumer, batch if leaving_since is None else LEAVING_BATCH,
-                                     wait)
+            # Small batches while waiting to leave (the worker sees at once that it
+            # may leave, and its last commit stays small) and while a rebalance is
+            # expected (its callbacks are served after one small batch at most).
+            msgs = consume_available(consumer, LEAVING_BATCH if prepared else batch, wait)
             after = time.monotonic()
             if after - last > self._stall_s:
                 self._verify_ownership(after - last)
@@ -323,14 +351,14 @@ class Worker:
                 self._batch_done = time.monotonic()
                 self.metrics.processing_seconds += self._batch_done - started
             if self._restored:
-                self._migration_tick(copy=time.monotonic() >= self._copy_turn)
+                self._migration_tick(copy=may_copy and time.monotonic() >= self._copy_turn)
             else:
                 self._copying = False
             producer.poll(0)
             if self._reaper:
                 self._reaper.reap()
             now = time.monotonic()
-            if now >= next_commit:
+            if now >= next_commit and (leaving_since is not None or now >= self._prepared_until):
                 self.commit()
                 next_commit = time.monotonic() + interval
 
@@ -345,7 +373,9 @@ class Worker:
         error: BaseException | None = None
         try:
             if not self._failed and self._consumer is not None:
+                self._close_commit_s = time.monotonic()
                 self.commit()
+                self._close_commit_s = time.monotonic() - self._close_commit_s
                 if self.group_gate is not None and self._stop_asked and not self._gate_passed:
                     self._leave_at_gate(self.group_gate)
         except BaseException:
@@ -354,6 +384,7 @@ class Worker:
         finally:
             if self._consumer is not None:
                 self._closing = True
+                self._closing_since = time.monotonic()
                 stuck, error = _close_within(self._consumer, CLOSE_TIMEOUT_S)
                 if stuck or error is not None:
                     self._failed = True
@@ -785,6 +816,29 @@ class Worker:
             share = self.settings.copy_share
             self._copy_turn = ended + (ended - started) * (1 - share) / share
 
+    def _freeze_heap(self) -> None:
+        """Take every object alive now out of the garbage collector's sight, ahead
+        of a planned rebalance. With many cached container values (aggregates), a
+        full collection takes a few hundred milliseconds, and one that falls
+        between a moved task's last record and its first at the new owner adds
+        to the pause; while frozen, a full collection scans only what was
+        allocated since. Frozen objects are still freed when their last reference
+        goes; reference cycles among them wait for :meth:`_thaw_heap`."""
+        gc.freeze()
+        self._heap_frozen = True
+
+    def _thaw_heap(self) -> None:
+        """The rebalance is over: the collector sees every object again."""
+        gc.unfreeze()
+        self._heap_frozen = False
+
+    def _resuming(self) -> bool:
+        """Some newly assigned task has not processed a record yet (and was
+        assigned less than ``RESUME_FIRST_S`` ago)."""
+        oldest = now_ms() - RESUME_FIRST_S * 1000
+        return any(item.event.first_record_ms is None and item.event.assigned_ms > oldest
+                   for items in self._restored.values() for item in items)
+
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         if self._closing:
             # Given partitions while leaving (another member left a moment
@@ -795,6 +849,8 @@ class Worker:
                      extra={"instance": self.instance, "partitions": _names(partitions)})
             return
         started = time.monotonic()
+        if partitions:
+            self._rebalanced(started)
         assign = []
         assert self._locations is not None and self._admin is not None
         lookup = restore = publish = 0.0
@@ -832,6 +888,11 @@ class Worker:
                    "publish_s": round(max(0.0, publish - restore), 3)},
         )
 
+    def _rebalanced(self, now: float) -> None:
+        """A rebalance callback moved partitions: the expected rebalance came (more
+        callbacks of it may follow within the grace period)."""
+        self._prepared_until = min(self._prepared_until, now + PREPARED_GRACE_S)
+
     def _changelogs(self, partitions: list[TopicPartition]) -> list[tuple[str, int]]:
         return [
             (self.topology.changelog_topic(store), tp.partition)
@@ -845,6 +906,8 @@ class Worker:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         entered = time.monotonic()
         committed = entered
+        if partitions:
+            self._rebalanced(entered)
         try:
             if not self._failed:
                 # The revoked tasks' pause runs until the unassignment: commit
@@ -860,6 +923,9 @@ class Worker:
                        "partitions": _names(partitions),
                        # where the revoked tasks' pause went on this side
                        "since_batch_ms": _ms(entered - self._batch_done),
+                       **({"close_commit_ms": _ms(self._close_commit_s),
+                           "consumer_close_ms": _ms(entered - self._closing_since)}
+                          if self._closing else {}),
                        "commit_ms": _ms(committed - entered),
                        "unassign_ms": _ms(time.monotonic() - committed)},
             )

@@ -87,9 +87,9 @@ def server_properties(node: KafkaNode, nodes: Sequence[KafkaNode], data_dir: Pat
         ("group.initial.rebalance.delay.ms", 0),
         # KIP-848 (group.protocol=consumer): heartbeats drive assignment changes,
         # so a short interval shortens every migration's pause (default 5 s, and
-        # no group may go below 5 s). Workers set 100 ms as a group config.
-        ("group.consumer.min.heartbeat.interval.ms", 100),
-        ("group.consumer.heartbeat.interval.ms", 100),
+        # no group may go below 5 s). Workers set 50 ms as a group config.
+        ("group.consumer.min.heartbeat.interval.ms", 50),
+        ("group.consumer.heartbeat.interval.ms", 50),
         # Kafka 4.3+ batches target-assignment updates (KIP-1263, default 1 s),
         # which adds up to a second to many moves; compute them at once instead.
         ("group.consumer.assignment.interval.ms", 0),

@@ -10,6 +10,7 @@ processing and a :class:`MigrationEvent` describing what happened.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,6 +28,19 @@ from keyshift.state.redis.store import RedisStore, redact
 from keyshift.state.table import Table
 
 log = logging.getLogger("keyshift.migrations.restore")
+
+
+class _Clock:
+    """Milliseconds spent in each step of a restore (for its log line)."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, int] = {}
+        self._last = time.monotonic()
+
+    def lap(self, step: str) -> None:
+        now = time.monotonic()
+        self.laps[f"{step}_ms"] = round((now - self._last) * 1000)
+        self._last = now
 
 
 @dataclass
@@ -114,10 +128,12 @@ class Restorer:
     def open(self, store: str, partition: int, *, end: int | None = None) -> Restored:
         """Restore ``store[partition]``; ``end``: its changelog end offset, if known."""
         assigned = now_ms()
+        clock = _Clock()
         app = self.settings.app_id
         location = self.locations.get(store, partition)
         decision: Plan = plan(location, self.local_url, self.settings.migration,
                               self.resolve, self.reachable)
+        clock.lap("plan")
         local = self.local.partition(app, store, partition)
         epoch = local.claim(self.instance, 0 if location is None else location.epoch + 1)
         if decision.clear_local:
@@ -129,6 +145,7 @@ class Restorer:
             # Tagged by the move (the location it starts from): a retry of this
             # restore after a crash keeps the aside copy instead of emptying it.
             local.set_aside(f"{location.instance}@{location.epoch}")
+        clock.lap("claim")
         event = MigrationEvent(
             app=app, store=store, partition=partition, strategy=decision.strategy,
             reason=decision.reason,
@@ -153,10 +170,12 @@ class Restorer:
             stamp = local.read_stamp()
         if stamp is not None:
             event.previous_record_ms = stamp.ts_ms
+        clock.lap("move")
         result = replay_changelog(self.restore_consumer(), self.changelog_topic(store),
                                   partition, local, stamp, epoch, end=end,
                                   read_committed=self.settings.exactly_once)
         event.tail_records = result.records
+        clock.lap("tail")
         if result.stamp is not None:
             event.previous_record_ms = max(event.previous_record_ms, result.stamp.ts_ms)
         table = Table(local, max_entries=self.settings.cache_max_entries)
@@ -173,7 +192,8 @@ class Restorer:
             event.finish()
         log.info("task state ready", extra={"task": what, "strategy": decision.strategy,
                                              "reason": decision.reason,
-                                             "tail_records": result.records})
+                                             "tail_records": result.records,
+                                             **clock.laps})
         return Restored(table, event, copy)
 
     def _reads_local_aside(self, decision: Plan) -> bool:
