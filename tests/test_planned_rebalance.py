@@ -299,3 +299,28 @@ def test_a_task_that_gets_no_record_holds_up_copies_only_for_a_while(tmp_path: P
     assert not worker._resuming()
     _moved_here(worker, 2, now_ms() - int(RESUME_FIRST_S * 1000) - 100)  # idle too long
     assert not worker._resuming()
+
+
+def test_a_stopping_worker_allowed_to_leave_leaves_without_another_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The others stopped in the step leave at once too; a commit first would make
+    this worker lag behind them (and be given some of their partitions)."""
+    monkeypatch.setattr("keyshift.app.worker.LEAVING_COMMIT_S", 0.0)  # due every turn
+    worker, _, gate = _gated_worker(tmp_path)
+    seen: dict[str, int] = {}
+
+    def let_leave() -> None:
+        seen["commits"] = worker.metrics.commits
+        gate.let_leave(worker.instance)
+
+    batches = [_msgs(i, ["a"]) for i in range(8)]
+    consumer = _FeedingConsumer(batches, {1: worker.stop, 5: let_leave})
+    worker._consumer = consumer  # type: ignore[assignment]
+    worker.loop()
+    # While waiting it committed every turn; the turn that found it allowed to
+    # leave (call 5's batch) ended without a commit, and the loop ended there.
+    assert seen["commits"] >= 3
+    assert worker.metrics.commits == seen["commits"]
+    assert consumer.asked == 5
+    assert worker.tasks[("words", 0)].position == 5

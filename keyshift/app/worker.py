@@ -358,7 +358,16 @@ class Worker:
             if self._reaper:
                 self._reaper.reap()
             now = time.monotonic()
-            if now >= next_commit and (leaving_since is not None or now >= self._prepared_until):
+            if leaving_since is None:
+                commit_now = now >= next_commit and now >= self._prepared_until
+            else:
+                # Allowed to leave meanwhile: leave at once (close() commits).
+                # The others stopped in this step are leaving now too, and one
+                # that lags behind is given some of their partitions, which it
+                # must pass on: they move twice.
+                assert gate is not None
+                commit_now = now >= next_commit and not gate.may_leave(self.instance)
+            if commit_now:
                 self.commit()
                 next_commit = time.monotonic() + interval
 
