@@ -301,26 +301,66 @@ def test_a_task_that_gets_no_record_holds_up_copies_only_for_a_while(tmp_path: P
     assert not worker._resuming()
 
 
-def test_a_stopping_worker_allowed_to_leave_leaves_without_another_commit(
+def test_a_stopping_worker_does_not_commit_while_it_waits_to_leave(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The others stopped in the step leave at once too; a commit first would make
-    this worker lag behind them (and be given some of their partitions)."""
-    monkeypatch.setattr("keyshift.app.worker.LEAVING_COMMIT_S", 0.0)  # due every turn
-    worker, _, gate = _gated_worker(tmp_path)
+    """The others stopped in the step leave the moment they may; a commit under
+    way then would make this worker lag behind them (and be given some of their
+    partitions, which then move twice). close() commits."""
+    worker, _, gate = _gated_worker(tmp_path, commit_interval_ms=1)  # due every turn
     seen: dict[str, int] = {}
 
+    def reported() -> None:
+        seen["reported"] = worker.metrics.commits
+
     def let_leave() -> None:
-        seen["commits"] = worker.metrics.commits
+        seen["waited"] = worker.metrics.commits
         gate.let_leave(worker.instance)
 
     batches = [_msgs(i, ["a"]) for i in range(8)]
-    consumer = _FeedingConsumer(batches, {1: worker.stop, 5: let_leave})
+    consumer = _FeedingConsumer(batches, {1: worker.stop, 2: reported, 6: let_leave},
+                                call_s=0.005)
     worker._consumer = consumer  # type: ignore[assignment]
     worker.loop()
-    # While waiting it committed every turn; the turn that found it allowed to
-    # leave (call 5's batch) ended without a commit, and the loop ended there.
-    assert seen["commits"] >= 3
-    assert worker.metrics.commits == seen["commits"]
-    assert consumer.asked == 5
-    assert worker.tasks[("words", 0)].position == 5
+    # Committed when it stopped, not during the four turns it waited, not after.
+    assert seen["reported"] >= 1
+    assert seen["waited"] == seen["reported"] == worker.metrics.commits
+    assert consumer.asked == 6
+    assert worker.tasks[("words", 0)].position == 6
+
+
+def test_each_restored_partition_is_assigned_before_the_next_restore(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its first fetch then overlaps the restores of the others."""
+    worker, _, _ = _gated_worker(tmp_path)
+    steps: list[str] = []
+
+    class Recording(_Consumer):
+        def incremental_assign(self, partitions: list[TopicPartition]) -> None:
+            steps.extend(f"assign {tp.partition}@{tp.offset}" for tp in partitions)
+
+    def open_task(topic: str, partition: int, ends: object) -> object:
+        steps.append(f"restore {partition}")
+        task, _ = _add_task(worker, partition)
+        task.adopt_upstream([])
+        return task
+
+    class Locations:
+        def catch_up(self, end: int | None = None) -> None:
+            pass
+
+    class Restorer:
+        def flush(self) -> None:
+            steps.append("flush")
+
+    monkeypatch.setattr("keyshift.app.worker.end_offsets", lambda *a, **k: {
+        (worker.topology.locations_topic, 0): 0})
+    monkeypatch.setattr(worker, "_open_task", open_task)
+    worker._subs = worker.topology.by_topic()  # start() sets it
+    worker._admin = object()  # type: ignore[assignment]
+    worker._locations = Locations()  # type: ignore[assignment]
+    worker._restorer = Restorer()  # type: ignore[assignment]
+    worker._on_assign(Recording(), [TopicPartition("words", 3), TopicPartition("words", 4)])
+    assert [s.split("@")[0] for s in steps] == [
+        "restore 3", "assign 3", "restore 4", "assign 4", "flush"]

@@ -80,9 +80,8 @@ COPY_TURN_S = 0.02
 # Leaving the group normally takes well under a second; a close that hangs
 # (librdkafka mid-rebalance) must not keep a failed worker from exiting.
 CLOSE_TIMEOUT_S = 30.0
-#: Most records a worker waiting to leave takes per batch, and how often it commits.
+#: Most records a worker waiting to leave takes per batch.
 LEAVING_BATCH = 200
-LEAVING_COMMIT_S = 0.1
 #: After committing ahead of a rebalance, a worker takes small batches (at most
 #: ``LEAVING_BATCH`` records), so that a rebalance callback waits for one small
 #: batch at most, and defers regular commits and background copies; until
@@ -305,11 +304,10 @@ class Worker:
                     if not gate.report_leaving(self.instance):
                         self._passed_leave_gate(False, leaving_since)
                         break
-                    # Frequent small commits: what close() commits last (after
-                    # the last record, so part of every moved partition's
-                    # pause) is what came after the latest of them.
-                    interval = LEAVING_COMMIT_S
-                    next_commit = time.monotonic() + interval
+                    # No more commits until close(): one under way when the
+                    # others stopped in this step leave would hold this worker
+                    # back, and it would be given some of their partitions,
+                    # which it must pass on (they move twice).
                 elif ((allowed := gate.may_leave(self.instance))
                       or time.monotonic() >= leaving_since + LEAVE_TIMEOUT_S):
                     self._passed_leave_gate(allowed, leaving_since)
@@ -358,16 +356,7 @@ class Worker:
             if self._reaper:
                 self._reaper.reap()
             now = time.monotonic()
-            if leaving_since is None:
-                commit_now = now >= next_commit and now >= self._prepared_until
-            else:
-                # Allowed to leave meanwhile: leave at once (close() commits).
-                # The others stopped in this step are leaving now too, and one
-                # that lags behind is given some of their partitions, which it
-                # must pass on: they move twice.
-                assert gate is not None
-                commit_now = now >= next_commit and not gate.may_leave(self.instance)
-            if commit_now:
+            if leaving_since is None and now >= next_commit and now >= self._prepared_until:
                 self.commit()
                 next_commit = time.monotonic() + interval
 
@@ -878,6 +867,10 @@ class Worker:
                 start = task.start_offset()
                 offset = OFFSET_STORED if start is None else start
                 assign.append(TopicPartition(tp.topic, tp.partition, offset))
+                # Assigned as soon as restored: its first fetch overlaps the
+                # restores of the others (records are processed only after this
+                # callback returns).
+                consumer.incremental_assign(assign[-1:])
             restore = time.monotonic()
             if self._restorer is not None and partitions:
                 self._restorer.flush()
@@ -886,7 +879,8 @@ class Worker:
             self._failed = True
             log.exception("restoring assigned tasks failed")
             raise
-        consumer.incremental_assign(assign)
+        if not assign:
+            consumer.incremental_assign([])  # an empty assignment is answered too
         log.info(
             "partitions assigned",
             extra={"instance": self.instance,
