@@ -24,13 +24,15 @@ pytestmark = pytest.mark.unit
 # DELAY < 0), passes the gate and writes the time it did so. Asked to commit
 # ahead of a join, it "commits" for LEAVE_DELAY seconds and writes when it was
 # done. On SIGTERM it "commits" for LEAVE_DELAY seconds, waits to leave, writes
-# when it left, exits.
+# when it may, makes its last "commit" (LAST_COMMIT seconds), waits for the others'
+# last commits, writes when it leaves, exits.
 STAND_IN = """
 import signal, sys, time
 from pathlib import Path
 from keyshift.app.group_gate import CheckpointWatch, GroupGate
 gate, instance = GroupGate(Path(sys.argv[1])), sys.argv[2]
 delay, out, leave_delay = float(sys.argv[3]), Path(sys.argv[4]), float(sys.argv[5])
+last_commit = float(sys.argv[6])
 if delay < 0:
     sys.exit(3)
 time.sleep(delay)
@@ -51,6 +53,9 @@ time.sleep(leave_delay)
 Path(f"{out}.leaving").write_text(f"{time.time()} True")
 allowed = gate.wait_to_leave(instance, timeout_s=30)
 Path(f"{out}.left").write_text(f"{time.time()} {allowed}")
+time.sleep(last_commit)
+together = gate.leave_together(instance, timeout_s=30)
+Path(f"{out}.together").write_text(f"{time.time()} {together}")
 """
 
 
@@ -88,14 +93,17 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def _supervisor(home: Path, delays: dict[int, float],
-                leave_delays: dict[int, float] | None = None) -> Supervisor:
+                leave_delays: dict[int, float] | None = None,
+                last_commits: dict[int, float] | None = None) -> Supervisor:
     sup = Supervisor("m:app", "gated", len(delays), [], [], echo=False)
 
     def command(slot: Slot, gate: GroupGate | None = None) -> list[str]:
         assert gate is not None
         leave = (leave_delays or {}).get(slot.index, 0.0)
+        last = (last_commits or {}).get(slot.index, 0.0)
         return [sys.executable, "-c", STAND_IN, str(gate.path), slot.instance_id,
-                str(delays[slot.index]), str(home / f"passed-{slot.index}"), str(leave)]
+                str(delays[slot.index]), str(home / f"passed-{slot.index}"), str(leave),
+                str(last)]
 
     sup._command = command  # type: ignore[method-assign]
     return sup
@@ -193,6 +201,43 @@ def test_workers_stopped_together_leave_after_the_slowest_has_committed(home: Pa
     slowest_ready = max(_passed(home, i, "passed-{}.leaving")[0] for i in delays)
     assert min(when for when, _ in left) >= slowest_ready
     assert not any(gate.is_leaving(f"gated-{i}") for i in delays)  # exited: files gone
+
+
+def test_workers_stopped_together_leave_once_the_slowest_last_commit_is_made(
+    home: Path,
+) -> None:
+    delays = {0: 0.0, 1: 0.0, 2: 0.0}
+    sup = _supervisor(home, delays, last_commits={0: 0.0, 1: 0.3, 2: 0.6})
+    sup._reconcile()
+    for i in delays:
+        _passed(home, i)
+    gate = GroupGate(supervisor.gate_dir("gated") / "gate-1")
+    sup._terminate(list(sup.slots.values()))
+    may = [_passed(home, i, "passed-{}.left") for i in delays]
+    went = [_passed(home, i, "passed-{}.together") for i in delays]
+    assert all(allowed for _, allowed in may) and all(together for _, together in went)
+    # Nobody left before the slowest (0.6 s from when it could) had made its last
+    # commit: all left at about the same moment.
+    assert min(when for when, _ in went) >= may[2][0] + 0.6
+    assert max(when for when, _ in went) - min(when for when, _ in went) < 0.3
+    assert list(gate.path.parent.glob("gate-1.*")) == []  # exited: files gone
+
+
+def test_leave_together_waits_for_the_others_or_their_exit_at_most_its_timeout(
+    tmp_path: Path,
+) -> None:
+    gate = GroupGate(tmp_path / "gate")
+    for instance in ("w0", "w1", "w2"):
+        gate.report_leaving(instance)
+    gate.let_leave("w0", [gate.last_commit_file("w1"), gate.last_commit_file("w2")])
+    assert gate.leave_together("w0", timeout_s=0.05) is False  # neither has committed
+    threading.Timer(0.1, gate.leave_together, args=("w1",), kwargs={"timeout_s": 0}).start()
+    threading.Timer(0.2, gate.forget, args=("w2",)).start()  # w2 exited meanwhile
+    gate.let_leave("w1")  # (w1 leaves with nobody)
+    began = time.monotonic()
+    assert gate.leave_together("w0", timeout_s=30) is True
+    assert 0.15 < time.monotonic() - began < 5
+    assert gate.last_commit_file("w0").exists()
 
 
 def test_a_gate_whose_files_cannot_be_written_lets_the_worker_go_on_alone(

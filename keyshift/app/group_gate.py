@@ -17,8 +17,9 @@ group once the supervisor says so: when every worker stopped in that step is
 ready (or has exited), or after :data:`LEAVE_TIMEOUT_S`.
 
 A stopping worker goes on processing while it waits, and commits once more
-before it leaves: the records it processes meanwhile are not held up, and its
-last commit (the one each of its partitions waits for) is small.
+before it leaves: the records it processes meanwhile are not held up. Then it
+waits for the others' last commits (:meth:`GroupGate.leave_together`, at most
+:data:`LAST_COMMIT_TIMEOUT_S`), so that all leave the group at once.
 
 **Committing ahead of a rebalance.** A join takes partitions from the running
 workers, and each commits the changes of those tasks since its last commit
@@ -33,8 +34,9 @@ interval away).
 
 The gate is a few files next to the supervisor's run file: ``<gate>`` once
 open, and per worker ``<gate>.<instance>.ready`` (ready to join),
-``.leaving`` (ready to leave) and ``.leave`` (may leave now). A worker whose
-supervisor is gone goes on alone after the timeout.
+``.leaving`` (ready to leave), ``.leave`` (may leave now; it lists the others
+to leave with) and ``.committed`` (last commit made). A worker whose supervisor
+is gone goes on alone after the timeout.
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ log = logging.getLogger("keyshift.group_gate")
 GATE_TIMEOUT_S = 60.0
 #: Longest a stopping worker, committed, waits for the others stopping with it.
 LEAVE_TIMEOUT_S = 5.0
+#: Longest a stopping worker, after its last commit, waits for the others' last commits.
+LAST_COMMIT_TIMEOUT_S = 1.0
 #: Longest the supervisor waits for the running workers to commit ahead of a rebalance.
 CHECKPOINT_TIMEOUT_S = 5.0
 #: How often both sides look at the gate's files.
@@ -121,8 +125,42 @@ class GroupGate:
     def is_leaving(self, instance: str) -> bool:
         return self._file(instance, "leaving").exists()
 
-    def let_leave(self, instance: str) -> None:
-        self._file(instance, "leave").touch()
+    def let_leave(self, instance: str, together: Iterable[Path] = ()) -> None:
+        """Let ``instance`` leave once it has made its last commit and the others
+        stopped in the same step (``together``: their :meth:`last_commit_file`)
+        have made theirs, so that all leave the group at the same moment."""
+        leave = self._file(instance, "leave")
+        staged = leave.with_name(leave.name + ".tmp")
+        staged.write_text("".join(f"{path}\n" for path in together))
+        staged.replace(leave)  # readers see the whole list or no file
+
+    def last_commit_file(self, instance: str) -> Path:
+        return self._file(instance, "committed")
+
+    def leave_together(self, instance: str, *,
+                       timeout_s: float = LAST_COMMIT_TIMEOUT_S) -> bool:
+        """Report ``instance``'s last commit made, then wait until the others it
+        may leave with have made theirs, or have exited (True), or ``timeout_s``
+        passed (False).
+
+        Each worker's last commit takes its own time (50 to 160 ms apart in one
+        benchmark step); one leaving the group earlier than another that is
+        about to leave may have a partition given to that other, which then
+        moves twice."""
+        if not _touch(self.last_commit_file(instance)):
+            return False
+        try:
+            listed = self._file(instance, "leave").read_text().split()
+        except OSError:
+            return False
+        others = [Path(p) for p in listed]
+        deadline = time.monotonic() + timeout_s
+        # An exited worker's files are deleted (forget): its "leaving" file is gone.
+        while not all(p.exists() or not p.with_suffix(".leaving").exists() for p in others):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(POLL_S)
+        return True
 
     def report_leaving(self, instance: str) -> bool:
         """Report ``instance`` ready to leave (False if the file cannot be written)."""
@@ -145,7 +183,7 @@ class GroupGate:
 
     def forget(self, instance: str) -> None:
         """Delete ``instance``'s files (it has exited)."""
-        for suffix in ("ready", "leaving", "leave"):
+        for suffix in ("ready", "leaving", "leave", "committed"):
             self._file(instance, suffix).unlink(missing_ok=True)
 
     def remove(self, instances: Iterable[str]) -> None:

@@ -200,9 +200,13 @@ class Supervisor:
                timeout_s)
         if request is not None:
             self._await_checkpoint(request, staying, "leave")
+        # Each leaves once the others that are ready have made their last commit.
+        ready = {s.instance_id: s.gate.last_commit_file(s.instance_id)
+                 for s in gated if s.gate is not None and s.gate.is_leaving(s.instance_id)}
         for slot in gated:
             assert slot.gate is not None
-            slot.gate.let_leave(slot.instance_id)
+            slot.gate.let_leave(slot.instance_id,
+                                [f for i, f in ready.items() if i != slot.instance_id])
 
     def _apply_scale(self) -> None:
         path = scale_file(self.app_id)

@@ -227,6 +227,19 @@ class Worker:
         else:
             log.warning("leave gate did not open in time; leaving alone", extra=extra)
 
+    def _leave_together(self, gate: GroupGate) -> None:
+        """Last commit made: wait for the others stopped in this step to make
+        theirs, so that all leave the group at the same moment."""
+        if not gate.may_leave(self.instance):
+            return  # leaving alone (the gate did not open in time)
+        since = time.monotonic()
+        together = gate.leave_together(self.instance)
+        extra = {"instance": self.instance, "waited_ms": _ms(time.monotonic() - since)}
+        if together:
+            log.info("last commits made; leaving together", extra=extra)
+        else:
+            log.warning("the others' last commits took too long; leaving alone", extra=extra)
+
     def _checkpoint(self, request: int) -> None:
         """Commit now: the supervisor is about to let workers join or leave (see
         :class:`~keyshift.app.group_gate.Checkpoints`)."""
@@ -374,8 +387,10 @@ class Worker:
                 self._close_commit_s = time.monotonic()
                 self.commit()
                 self._close_commit_s = time.monotonic() - self._close_commit_s
-                if self.group_gate is not None and self._stop_asked and not self._gate_passed:
-                    self._leave_at_gate(self.group_gate)
+                if self.group_gate is not None and self._stop_asked:
+                    if not self._gate_passed:
+                        self._leave_at_gate(self.group_gate)
+                    self._leave_together(self.group_gate)
         except BaseException:
             self._failed = True  # the revocation callback must not commit again
             raise
