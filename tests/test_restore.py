@@ -208,3 +208,32 @@ def test_warm_up_connects_to_the_other_instances_redis_before_any_restore(
             assert set(restorer._sources) == {r2_url, GONE}
     finally:
         r1.close()
+
+
+def test_a_source_that_answered_just_now_is_not_pinged_again(
+    brokers: str, redis_urls: list[str], admin: Any, unique: Callable[..., str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Warmed up ahead of a planned rebalance, the restores that follow skip a
+    round trip per source; an unreachable one is pinged every time."""
+    settings, r1_url, r2_url = two_servers(brokers, redis_urls, admin, unique)
+    r1 = RedisStore(r1_url)
+    pings: list[str] = []
+    real_ping = RedisStore.ping
+
+    def counted(store: RedisStore) -> None:
+        pings.append(store.url)
+        real_ping(store)
+
+    monkeypatch.setattr(RedisStore, "ping", counted)
+    try:
+        with restorer_for(settings, r1, "i1") as (_, restorer):
+            assert restorer.reachable(r2_url) and restorer.reachable(r2_url)
+            assert pings == [r2_url]
+            assert not restorer.reachable(GONE) and not restorer.reachable(GONE)
+            assert pings == [r2_url, GONE, GONE]
+            monkeypatch.setattr("keyshift.migrations.restore.ANSWERED_RECENTLY_S", 0.0)
+            assert restorer.reachable(r2_url)
+            assert pings == [r2_url, GONE, GONE, r2_url]
+    finally:
+        r1.close()
