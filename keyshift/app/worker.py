@@ -140,7 +140,7 @@ class Worker:
 
         With a group gate, the loop commits, then goes on processing until the
         others stopped in the same step have committed too; close() commits the
-        rest and leaves."""
+        rest and leaves once they have made their last commits as well."""
         self._stop_asked = True
         self._running = False
 
@@ -346,8 +346,8 @@ class Worker:
             if self._copying and may_copy:
                 wait = min(wait, max(0.0, self._copy_turn - time.monotonic()))
             # Small batches while waiting to leave (the worker sees at once that it
-            # may leave, and its last commit stays small) and while a rebalance is
-            # expected (its callbacks are served after one small batch at most).
+            # may leave) and while a rebalance is expected (its callbacks are
+            # served after one small batch at most).
             msgs = consume_available(consumer, LEAVING_BATCH if prepared else batch, wait)
             after = time.monotonic()
             if after - last > self._stall_s:
@@ -384,9 +384,9 @@ class Worker:
         error: BaseException | None = None
         try:
             if not self._failed and self._consumer is not None:
-                self._close_commit_s = time.monotonic()
+                began = time.monotonic()
                 self.commit()
-                self._close_commit_s = time.monotonic() - self._close_commit_s
+                self._close_commit_s = time.monotonic() - began
                 if self.group_gate is not None and self._stop_asked:
                     if not self._gate_passed:
                         self._leave_at_gate(self.group_gate)

@@ -123,10 +123,10 @@ class Restorer:
     def reachable(self, url: str) -> bool:
         """Whether ``url`` answers a ping; one that answered less than
         ``ANSWERED_RECENTLY_S`` ago (e.g. at :meth:`warm_up`, just ahead of a
-        planned rebalance) is taken as reachable without another round trip, which
-        took up to 30 ms per source in the benchmark's scale-in steps. A server
-        lost since fails the restore's first command instead, and the retried
-        restore plans again."""
+        planned rebalance) is taken as reachable without another round trip
+        (planning, mostly this ping, took up to 30 ms per source in a benchmark
+        scale-in step). A server lost since then fails the restore's first
+        command instead, and with it the worker; its restart plans again."""
         now = time.monotonic()
         if now - self._answered.get(url, -ANSWERED_RECENTLY_S) < ANSWERED_RECENTLY_S:
             return True
