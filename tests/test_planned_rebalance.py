@@ -332,16 +332,18 @@ def test_a_stopping_worker_does_not_commit_while_it_waits_to_leave(
 def test_each_restored_partition_is_assigned_before_the_next_restore(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Its first fetch then overlaps the restores of the others."""
+    """Its first fetch then overlaps the restores of the others. All restores of
+    the assignment are asked for at once, with the assignment's time."""
     worker, _, _ = _gated_worker(tmp_path)
     steps: list[str] = []
+    asked: list[object] = []
 
     class Recording(_Consumer):
         def incremental_assign(self, partitions: list[TopicPartition]) -> None:
             steps.extend(f"assign {tp.partition}@{tp.offset}" for tp in partitions)
 
-    def open_task(topic: str, partition: int, ends: object) -> object:
-        steps.append(f"restore {partition}")
+    def open_task(topic: str, partition: int, restored: list[object]) -> object:
+        assert restored == [f"restored {partition}"]
         task, _ = _add_task(worker, partition)
         task.adopt_upstream([])
         return task
@@ -351,6 +353,13 @@ def test_each_restored_partition_is_assigned_before_the_next_restore(
             pass
 
     class Restorer:
+        def open_all(self, wanted: list[tuple[str, int, int | None]],
+                     assigned_ms: int) -> Iterator[str]:
+            asked.append((wanted, assigned_ms))
+            for _, partition, _ in wanted:
+                steps.append(f"restore {partition}")
+                yield f"restored {partition}"
+
         def flush(self) -> None:
             steps.append("flush")
 
@@ -361,6 +370,11 @@ def test_each_restored_partition_is_assigned_before_the_next_restore(
     worker._admin = object()  # type: ignore[assignment]
     worker._locations = Locations()  # type: ignore[assignment]
     worker._restorer = Restorer()  # type: ignore[assignment]
+    before = now_ms()
     worker._on_assign(Recording(), [TopicPartition("words", 3), TopicPartition("words", 4)])
     assert [s.split("@")[0] for s in steps] == [
         "restore 3", "assign 3", "restore 4", "assign 4", "flush"]
+    [(wanted, assigned_ms)] = asked  # type: ignore[misc]
+    store = worker._subs["words"].stores()[0]
+    assert [(s, p) for s, p, _ in wanted] == [(store, 3), (store, 4)]
+    assert before <= assigned_ms <= now_ms()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -12,8 +13,10 @@ from confluent_kafka import Consumer, Producer
 from kafkautil import create_topic
 from keyshift.app.kafka import control_consumer_config, control_producer_config, reader_config
 from keyshift.config import Settings
+from keyshift.errors import StateError
 from keyshift.migrations.locations import Location, LocationsView, aside_of
 from keyshift.migrations.restore import Restorer
+from keyshift.migrations.transfer import stop_and_copy
 from keyshift.state.base import Stamp
 from keyshift.state.changelog import MARKER_KEY
 from keyshift.state.redis import RedisStore
@@ -237,3 +240,109 @@ def test_a_source_that_answered_just_now_is_not_pinged_again(
             assert pings == [r2_url, GONE, GONE, r2_url]
     finally:
         r1.close()
+
+
+def _three_tasks_on(source: RedisStore, settings: Settings,
+                    view: LocationsView) -> dict[int, dict[bytes, bytes]]:
+    """Store "s" partitions 0-2 owned by i1 in ``source``, their locations
+    published; returns each partition's data."""
+    data = {}
+    for partition in range(3):
+        part = source.partition(settings.app_id, "s", partition)
+        epoch = part.claim("i1", 1)
+        data[partition] = {f"k{partition}-{i}".encode(): str(i).encode() for i in range(500)}
+        part.commit(data[partition], Stamp(10 + partition, 0, epoch=epoch), epoch)
+        view.publish(Location("s", partition, "i1", redact(source.url), epoch))
+    view.catch_up()
+    return data
+
+
+def _three_partition_app(brokers: str, redis_urls: list[str], admin: Any,
+                         unique: Callable[..., str], **given: Any) -> tuple[Settings, str, str]:
+    """Like :func:`two_servers`, with a 3-partition changelog."""
+    if len(redis_urls) < 2:
+        pytest.skip("needs 2 Redis servers (keyshift dev up --redis-instances 1)")
+    r1_url, r2_url = redis_urls[:2]
+    app = unique("app")
+    create_topic(admin, f"{app}-s-changelog", 3, **{"cleanup.policy": "compact"})
+    create_topic(admin, f"{app}-state-locations", 1, **{"cleanup.policy": "compact"})
+    settings = Settings.build(app, brokers=brokers, state=r1_url, peers=(r2_url,), **given)
+    return settings, r1_url, r2_url
+
+
+def test_the_restores_of_one_assignment_move_their_state_side_by_side(
+    brokers: str, redis_urls: list[str], admin: Any, unique: Callable[..., str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Three stop-and-copy restores: every copy starts before any ends (they wait
+    for each other at a barrier), each comes out whole, in the order asked, with
+    the assignment's time."""
+    settings, r1_url, r2_url = _three_partition_app(brokers, redis_urls, admin, unique,
+                                                    migration="stop-and-copy")
+    r1, r2 = RedisStore(r1_url), RedisStore(r2_url)
+    all_started = threading.Barrier(3, timeout=10)
+    threads: list[str] = []
+
+    def side_by_side(*args: Any, **kwargs: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        all_started.wait()  # broken (an error) unless all three copies run at once
+        return stop_and_copy(*args, **kwargs)
+
+    monkeypatch.setattr("keyshift.migrations.restore.stop_and_copy", side_by_side)
+    app = settings.app_id
+    try:
+        with restorer_for(settings, r1, "i2") as (view, restorer):
+            data = _three_tasks_on(r2, settings, view)
+            restored = list(restorer.open_all([("s", p, None) for p in range(3)],
+                                              assigned_ms=1234))
+            restorer.flush()
+        assert [r.event.partition for r in restored] == [0, 1, 2]
+        assert len(set(threads)) == 3 and all(t.startswith("keyshift-restore") for t in threads)
+        for partition, item in enumerate(restored):
+            assert item.event.strategy == "stop-and-copy"
+            assert item.event.keys == 500 and item.event.assigned_ms == 1234
+            local = r1.partition(app, "s", partition)
+            assert {k: v for batch in local.scan() for k, v in batch} == data[partition]
+            stamp = local.read_stamp()
+            assert stamp is not None and stamp.input_offset == 10 + partition
+            assert r2.partition(app, "s", partition).key_count() == 0
+        assert not [t for t in threading.enumerate() if t.name.startswith("keyshift-restore")]
+    finally:
+        for partition in range(3):
+            r1.partition(app, "s", partition).clear()
+            r2.partition(app, "s", partition).clear()
+        r1.close()
+        r2.close()
+
+
+def test_a_failed_restore_fails_the_assignment_after_the_others_stopped(
+    brokers: str, redis_urls: list[str], admin: Any, unique: Callable[..., str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The error reaches the caller where that restore's turn comes; by then no
+    restore thread runs any more."""
+    settings, r1_url, r2_url = _three_partition_app(brokers, redis_urls, admin, unique)
+    r1, r2 = RedisStore(r1_url), RedisStore(r2_url)
+    real_move = Restorer._move
+
+    def failing(self: Restorer, store: str, partition: int, assigned_ms: int | None) -> Any:
+        if partition == 1:
+            raise StateError("lost the source mid-restore")
+        return real_move(self, store, partition, assigned_ms)
+
+    monkeypatch.setattr(Restorer, "_move", failing)
+    app = settings.app_id
+    try:
+        with restorer_for(settings, r1, "i2") as (view, restorer):
+            _three_tasks_on(r2, settings, view)
+            ready = restorer.open_all([("s", p, None) for p in range(3)])
+            assert next(ready).event.partition == 0
+            with pytest.raises(StateError, match="lost the source"):
+                next(ready)
+        assert not [t for t in threading.enumerate() if t.name.startswith("keyshift-restore")]
+    finally:
+        for partition in range(3):
+            r1.partition(app, "s", partition).clear()
+            r2.partition(app, "s", partition).clear()
+        r1.close()
+        r2.close()

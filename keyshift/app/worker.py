@@ -25,6 +25,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Collection
+from contextlib import closing
 from dataclasses import replace
 from functools import partial
 from typing import Any
@@ -749,14 +750,8 @@ class Worker:
             self._restore = Consumer(restore_consumer_config(self.settings))
         return self._restore
 
-    def _open_task(self, topic: str, partition: int, ends: dict[tuple[str, int], int]) -> Task:
-        assert self._restorer is not None
-        sub = self._subs[topic]
-        changelog = self.topology.changelog_topic
-        restored = [
-            self._restorer.open(store, partition, end=ends.get((changelog(store), partition)))
-            for store in sub.stores()
-        ]
+    def _open_task(self, topic: str, partition: int, restored: list[Restored]) -> Task:
+        """A task over its restored tables (one per store of its sub-topology)."""
         for item in restored:
             self.metrics.restores += 1
             self.metrics.restored_records += item.event.tail_records
@@ -764,7 +759,7 @@ class Worker:
             self._restored[(topic, partition)] = restored
         tables = {r.event.store: r.table for r in restored}
         task = Task(
-            sub, partition, tables, self._produce, self._dead_letter,
+            self._subs[topic], partition, tables, self._produce, self._dead_letter,
             raise_on_error=self.settings.on_error == "raise",
         )
         task.adopt_upstream([t.stamp for t in tables.values()])
@@ -862,6 +857,7 @@ class Worker:
                      extra={"instance": self.instance, "partitions": _names(partitions)})
             return
         started = time.monotonic()
+        assigned_ms = now_ms()
         if partitions:
             self._rebalanced(started)
         assign = []
@@ -876,16 +872,23 @@ class Worker:
                                    read_committed=self.settings.exactly_once)
                 self._locations.catch_up(ends[locations])
             lookup = time.monotonic()
-            for tp in partitions:
-                task = self._open_task(tp.topic, tp.partition, ends)
-                self.tasks[(tp.topic, tp.partition)] = task
-                start = task.start_offset()
-                offset = OFFSET_STORED if start is None else start
-                assign.append(TopicPartition(tp.topic, tp.partition, offset))
-                # Assigned as soon as restored: its first fetch overlaps the
-                # restores of the others (records are processed only after this
-                # callback returns).
-                consumer.incremental_assign(assign[-1:])
+            changelog = self.topology.changelog_topic
+            wanted = [(store, tp.partition, ends.get((changelog(store), tp.partition)))
+                      for tp in partitions for store in self._subs[tp.topic].stores()]
+            assert self._restorer is not None
+            # The restores run side by side up to their changelog tails.
+            with closing(self._restorer.open_all(wanted, assigned_ms=assigned_ms)) as ready:
+                for tp in partitions:
+                    restored = [next(ready) for _ in self._subs[tp.topic].stores()]
+                    task = self._open_task(tp.topic, tp.partition, restored)
+                    self.tasks[(tp.topic, tp.partition)] = task
+                    start = task.start_offset()
+                    offset = OFFSET_STORED if start is None else start
+                    assign.append(TopicPartition(tp.topic, tp.partition, offset))
+                    # Assigned as soon as restored: its first fetch overlaps the
+                    # restores of the others (records are processed only after
+                    # this callback returns).
+                    consumer.incremental_assign(assign[-1:])
             restore = time.monotonic()
             if self._restorer is not None and partitions:
                 self._restorer.flush()

@@ -10,8 +10,10 @@ processing and a :class:`MigrationEvent` describing what happened.
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from confluent_kafka import Consumer
@@ -23,7 +25,7 @@ from keyshift.migrations.locations import Location, LocationsView, split_aside
 from keyshift.migrations.planner import Plan, plan
 from keyshift.migrations.replay import replay_changelog
 from keyshift.migrations.transfer import ProgressiveCopy, stop_and_copy
-from keyshift.state.base import Store, StorePartition
+from keyshift.state.base import Stamp, Store, StorePartition
 from keyshift.state.redis.store import RedisStore, redact
 from keyshift.state.table import Table
 
@@ -31,6 +33,9 @@ log = logging.getLogger("keyshift.migrations.restore")
 
 #: A migration source that answered a ping this recently is not pinged again.
 ANSWERED_RECENTLY_S = 1.0
+#: How many restores of one assignment run their first steps (up to and
+#: including the move of the state) at once.
+RESTORE_THREADS = 4
 
 
 class _Clock:
@@ -51,6 +56,20 @@ class Restored:
     table: Table
     event: MigrationEvent
     copy: ProgressiveCopy | None
+
+
+@dataclass
+class _Moved:
+    """A restore up to its changelog tail: planned, claimed, its state moved."""
+
+    store: str
+    partition: int
+    decision: Plan
+    epoch: int
+    stamp: Stamp | None
+    copy: ProgressiveCopy | None
+    event: MigrationEvent
+    clock: _Clock
 
 
 class Restorer:
@@ -78,6 +97,7 @@ class Restorer:
         )
         self._peers = {redact(u): u for u in (*settings.peers, settings.state)}
         self._sources: dict[str, RedisStore] = {}
+        self._sources_lock = threading.Lock()  # restores of one assignment share them
         self._answered: dict[str, float] = {}  # URL -> when it last answered a ping
         #: Tasks whose aside copy in the local Redis no chain reads any more.
         self._stale_asides: list[tuple[str, int]] = []
@@ -92,11 +112,12 @@ class Restorer:
         return url
 
     def _source(self, url: str) -> RedisStore:
-        store = self._sources.get(url)
-        if store is None:
-            store = RedisStore(url, timeout_s=5.0)
-            self._sources[url] = store
-        return store
+        with self._sources_lock:
+            store = self._sources.get(url)
+            if store is None:
+                store = RedisStore(url, timeout_s=5.0)
+                self._sources[url] = store
+            return store
 
     def _partition(self, url: str, store: str, partition: int) -> StorePartition:
         """A source partition by chain URL (``#aside``: that Redis's aside copy)."""
@@ -140,9 +161,43 @@ class Restorer:
         return True
 
     # -- restore ------------------------------------------------------------------
-    def open(self, store: str, partition: int, *, end: int | None = None) -> Restored:
-        """Restore ``store[partition]``; ``end``: its changelog end offset, if known."""
-        assigned = now_ms()
+    def open(self, store: str, partition: int, *, end: int | None = None,
+             assigned_ms: int | None = None) -> Restored:
+        """Restore ``store[partition]``; ``end``: its changelog end offset, if known;
+        ``assigned_ms``: when the task was assigned (default: now)."""
+        return self._complete(self._move(store, partition, assigned_ms), end)
+
+    def open_all(self, wanted: Sequence[tuple[str, int, int | None]], *,
+                 assigned_ms: int | None = None) -> Generator[Restored, None, None]:
+        """Restore several store partitions (``(store, partition, end)`` each), and
+        yield each as soon as it is ready, in the order given.
+
+        Their first steps (plan, claim, move: round trips to Redis servers, and
+        for stop-and-copy the copy itself) run in up to ``RESTORE_THREADS``
+        threads at once; their changelog tails, which share one consumer, are
+        applied one after another in this thread. Close the iterator (e.g. with
+        :func:`contextlib.closing`) when not reading it to the end: that waits
+        for the restores under way and cancels those not started.
+        """
+        if len(wanted) <= 1:
+            for store, partition, end in wanted:
+                yield self.open(store, partition, end=end, assigned_ms=assigned_ms)
+            return
+        pool = ThreadPoolExecutor(max_workers=min(RESTORE_THREADS, len(wanted)),
+                                  thread_name_prefix="keyshift-restore")
+        try:
+            moving = [pool.submit(self._move, store, partition, assigned_ms)
+                      for store, partition, _ in wanted]
+            for future, (_, _, end) in zip(moving, wanted, strict=True):
+                yield self._complete(future.result(), end)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _move(self, store: str, partition: int, assigned_ms: int | None) -> _Moved:
+        """Plan, claim the local partition (fencing older owners), and move the
+        state here (or, for progressive, begin to). Safe to run in several
+        threads at once for different store partitions."""
+        assigned = now_ms() if assigned_ms is None else assigned_ms
         clock = _Clock()
         app = self.settings.app_id
         location = self.locations.get(store, partition)
@@ -186,8 +241,16 @@ class Restorer:
         if stamp is not None:
             event.previous_record_ms = stamp.ts_ms
         clock.lap("move")
+        return _Moved(store, partition, decision, epoch, stamp, copy, event, clock)
+
+    def _complete(self, moved: _Moved, end: int | None) -> Restored:
+        """Apply the changelog tail beyond the moved stamp and publish the location."""
+        store, partition, epoch = moved.store, moved.partition, moved.epoch
+        decision, event, copy, clock = moved.decision, moved.event, moved.copy, moved.clock
+        clock.lap("wait")  # for the restores before it in the same assignment
+        local = self.local.partition(self.settings.app_id, store, partition)
         result = replay_changelog(self.restore_consumer(), self.changelog_topic(store),
-                                  partition, local, stamp, epoch, end=end,
+                                  partition, local, moved.stamp, epoch, end=end,
                                   read_committed=self.settings.exactly_once)
         event.tail_records = result.records
         clock.lap("tail")
@@ -205,7 +268,8 @@ class Restorer:
         ), flush=False)
         if copy is None:
             event.finish()
-        log.info("task state ready", extra={"task": what, "strategy": decision.strategy,
+        log.info("task state ready", extra={"task": f"{store}[{partition}]",
+                                             "strategy": decision.strategy,
                                              "reason": decision.reason,
                                              "tail_records": result.records,
                                              **clock.laps})
