@@ -4,7 +4,9 @@ Steps: look up where the state lives, plan a strategy, claim (fence) the
 local partition, move the state (handoff / stop-and-copy / progressive /
 replay), apply the changelog tail beyond the moved stamp, publish the new
 location. The result is a :class:`~keyshift.state.table.Table` ready for
-processing and a :class:`MigrationEvent` describing what happened.
+processing and a :class:`MigrationEvent` describing what happened. The
+restores of one assignment (:meth:`Restorer.open_all`) run up to the tail side
+by side, and apply their tails one after another.
 """
 
 from __future__ import annotations
