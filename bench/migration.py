@@ -226,6 +226,15 @@ def run_strategy(strategy: str, args: argparse.Namespace, urls: list[str], share
                 + (e["pause_ms"] or 0) + 1000) for e in moved]
     steady = [lat for t, lat in probe.samples if t < steady_end]
     during = [lat for t, lat in probe.samples if any(a <= t <= b for a, b in windows)]
+    # The same, step by step (a move belongs to the step whose scale command
+    # came last before its assignment).
+    bounds = [*scale_times, float("inf")]
+    p99_by_step = {}
+    for i, (before, after) in enumerate(zip(args.steps, args.steps[1:], strict=False)):
+        spans = [w for w, e in zip(windows, moved, strict=True)
+                 if bounds[i] <= e["assigned_ms"] < bounds[i + 1]]
+        p99_by_step[f"{before}->{after}"] = pct(
+            [lat for t, lat in probe.samples if any(a <= t <= b for a, b in spans)], 0.99)
     keys_moved = sum(int(e["keys"]) for e in moved)
     # A task that got no record within its event's idle limit has no pause.
     paused = [e for e in moved if e["pause_ms"] is not None]
@@ -245,6 +254,7 @@ def run_strategy(strategy: str, args: argparse.Namespace, urls: list[str], share
         "p50_resume_ms": pct([float(e["resume_ms"]) for e in paused], 0.5),
         "p50_steady": pct(steady, 0.5), "p99_steady": pct(steady, 0.99),
         "p50_migr": pct(during, 0.5), "p99_migr": pct(during, 0.99),
+        "p99_by_step": p99_by_step,
         "duration_s": max((e["duration_ms"] or 0 for e in moved), default=0) / 1000,
         "keys_per_s": keys_moved / move_seconds if move_seconds else 0.0,
         "exact": final == expected,
@@ -307,6 +317,11 @@ def main() -> None:
         if r["p99_steady"] == r["p99_steady"] and r["p99_steady"]:
             print(f"{r['strategy']}: p99 during migration / steady = "
                   f"{r['p99_migr'] / r['p99_steady']:.2f}x")
+    for r in rows:
+        steps = r["p99_by_step"]
+        assert isinstance(steps, dict)
+        print(f"{r['strategy']}: p99 during migration by step: "
+              + ", ".join(f"{k} {v:.0f} ms" for k, v in steps.items()))
 
 
 if __name__ == "__main__":

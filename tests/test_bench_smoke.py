@@ -42,3 +42,4 @@ def test_migration_benchmark_smoke(brokers: str, tmp_path: Path) -> None:
         assert int(cells[1]) > 0, f"{strategy}: no partition moved\n{out}"
     for strategy in strategies:
         assert f"{strategy}: per move, median pause " in out, out
+        assert f"{strategy}: p99 during migration by step: 1->2 " in out, out
