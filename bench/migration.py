@@ -233,7 +233,8 @@ def run_strategy(strategy: str, args: argparse.Namespace, urls: list[str], share
     for i, (before, after) in enumerate(zip(args.steps, args.steps[1:], strict=False)):
         spans = [w for w, e in zip(windows, moved, strict=True)
                  if bounds[i] <= e["assigned_ms"] < bounds[i + 1]]
-        p99_by_step[f"{before}->{after}"] = pct(
+        name = f"{before}->{after}"
+        p99_by_step[name if name not in p99_by_step else f"{name} (step {i + 1})"] = pct(
             [lat for t, lat in probe.samples if any(a <= t <= b for a, b in spans)], 0.99)
     keys_moved = sum(int(e["keys"]) for e in moved)
     # A task that got no record within its event's idle limit has no pause.

@@ -270,6 +270,22 @@ def _three_partition_app(brokers: str, redis_urls: list[str], admin: Any,
     return settings, r1_url, r2_url
 
 
+@contextmanager
+def _source_and_target(r1_url: str, r2_url: str,
+                       app: str) -> Iterator[tuple[RedisStore, RedisStore]]:
+    """R1 (this instance's) and R2 (the source's), emptied of partitions 0-2 and
+    closed afterwards."""
+    r1, r2 = RedisStore(r1_url), RedisStore(r2_url)
+    try:
+        yield r1, r2
+    finally:
+        for partition in range(3):
+            r1.partition(app, "s", partition).clear()
+            r2.partition(app, "s", partition).clear()
+        r1.close()
+        r2.close()
+
+
 def test_the_restores_of_one_assignment_move_their_state_side_by_side(
     brokers: str, redis_urls: list[str], admin: Any, unique: Callable[..., str],
     monkeypatch: pytest.MonkeyPatch,
@@ -279,7 +295,6 @@ def test_the_restores_of_one_assignment_move_their_state_side_by_side(
     the assignment's time."""
     settings, r1_url, r2_url = _three_partition_app(brokers, redis_urls, admin, unique,
                                                     migration="stop-and-copy")
-    r1, r2 = RedisStore(r1_url), RedisStore(r2_url)
     all_started = threading.Barrier(3, timeout=10)
     threads: list[str] = []
 
@@ -290,7 +305,7 @@ def test_the_restores_of_one_assignment_move_their_state_side_by_side(
 
     monkeypatch.setattr("keyshift.migrations.restore.stop_and_copy", side_by_side)
     app = settings.app_id
-    try:
+    with _source_and_target(r1_url, r2_url, app) as (r1, r2):
         with restorer_for(settings, r1, "i2") as (view, restorer):
             data = _three_tasks_on(r2, settings, view)
             restored = list(restorer.open_all([("s", p, None) for p in range(3)],
@@ -307,12 +322,6 @@ def test_the_restores_of_one_assignment_move_their_state_side_by_side(
             assert stamp is not None and stamp.input_offset == 10 + partition
             assert r2.partition(app, "s", partition).key_count() == 0
         assert not [t for t in threading.enumerate() if t.name.startswith("keyshift-restore")]
-    finally:
-        for partition in range(3):
-            r1.partition(app, "s", partition).clear()
-            r2.partition(app, "s", partition).clear()
-        r1.close()
-        r2.close()
 
 
 def test_a_failed_restore_fails_the_assignment_after_the_others_stopped(
@@ -322,7 +331,6 @@ def test_a_failed_restore_fails_the_assignment_after_the_others_stopped(
     """The error reaches the caller where that restore's turn comes; by then no
     restore thread runs any more."""
     settings, r1_url, r2_url = _three_partition_app(brokers, redis_urls, admin, unique)
-    r1, r2 = RedisStore(r1_url), RedisStore(r2_url)
     real_move = Restorer._move
 
     def failing(self: Restorer, store: str, partition: int, assigned_ms: int | None) -> Any:
@@ -331,8 +339,7 @@ def test_a_failed_restore_fails_the_assignment_after_the_others_stopped(
         return real_move(self, store, partition, assigned_ms)
 
     monkeypatch.setattr(Restorer, "_move", failing)
-    app = settings.app_id
-    try:
+    with _source_and_target(r1_url, r2_url, settings.app_id) as (r1, r2):
         with restorer_for(settings, r1, "i2") as (view, restorer):
             _three_tasks_on(r2, settings, view)
             ready = restorer.open_all([("s", p, None) for p in range(3)])
@@ -340,9 +347,3 @@ def test_a_failed_restore_fails_the_assignment_after_the_others_stopped(
             with pytest.raises(StateError, match="lost the source"):
                 next(ready)
         assert not [t for t in threading.enumerate() if t.name.startswith("keyshift-restore")]
-    finally:
-        for partition in range(3):
-            r1.partition(app, "s", partition).clear()
-            r2.partition(app, "s", partition).clear()
-        r1.close()
-        r2.close()
