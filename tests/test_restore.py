@@ -27,24 +27,26 @@ pytestmark = pytest.mark.integration
 GONE = "redis://127.0.0.1:1/0"  # nothing listens on port 1
 
 
-def create_topics(admin: Any, app: str) -> str:
-    """The changelog of store "s" and the locations topic; returns the changelog's name."""
+def create_topics(admin: Any, app: str, partitions: int = 1) -> str:
+    """The changelog of store "s" (``partitions`` partitions) and the locations
+    topic; returns the changelog's name."""
     changelog = f"{app}-s-changelog"
-    for topic in (changelog, f"{app}-state-locations"):
-        create_topic(admin, topic, 1, **{"cleanup.policy": "compact"})
+    create_topic(admin, changelog, partitions, **{"cleanup.policy": "compact"})
+    create_topic(admin, f"{app}-state-locations", 1, **{"cleanup.policy": "compact"})
     return changelog
 
 
 def two_servers(brokers: str, redis_urls: list[str], admin: Any,
-                unique: Callable[..., str]) -> tuple[Settings, str, str]:
-    """Settings of a new app on R1 with R2 as its peer, its topics created;
-    skips the test without two Redis servers."""
+                unique: Callable[..., str], *, partitions: int = 1,
+                **given: Any) -> tuple[Settings, str, str]:
+    """Settings (``given``: more of them) of a new app on R1 with R2 as its peer,
+    its topics created; skips the test without two Redis servers."""
     if len(redis_urls) < 2:
         pytest.skip("needs 2 Redis servers (keyshift dev up --redis-instances 1)")
     r1_url, r2_url = redis_urls[:2]
     app = unique("app")
-    settings = Settings.build(app, brokers=brokers, state=r1_url, peers=(r2_url,))
-    create_topics(admin, app)
+    settings = Settings.build(app, brokers=brokers, state=r1_url, peers=(r2_url,), **given)
+    create_topics(admin, app, partitions)
     return settings, r1_url, r2_url
 
 
@@ -257,19 +259,6 @@ def _three_tasks_on(source: RedisStore, settings: Settings,
     return data
 
 
-def _three_partition_app(brokers: str, redis_urls: list[str], admin: Any,
-                         unique: Callable[..., str], **given: Any) -> tuple[Settings, str, str]:
-    """Like :func:`two_servers`, with a 3-partition changelog."""
-    if len(redis_urls) < 2:
-        pytest.skip("needs 2 Redis servers (keyshift dev up --redis-instances 1)")
-    r1_url, r2_url = redis_urls[:2]
-    app = unique("app")
-    create_topic(admin, f"{app}-s-changelog", 3, **{"cleanup.policy": "compact"})
-    create_topic(admin, f"{app}-state-locations", 1, **{"cleanup.policy": "compact"})
-    settings = Settings.build(app, brokers=brokers, state=r1_url, peers=(r2_url,), **given)
-    return settings, r1_url, r2_url
-
-
 @contextmanager
 def _source_and_target(r1_url: str, r2_url: str,
                        app: str) -> Iterator[tuple[RedisStore, RedisStore]]:
@@ -293,8 +282,8 @@ def test_the_restores_of_one_assignment_move_their_state_side_by_side(
     """Three stop-and-copy restores: every copy starts before any ends (they wait
     for each other at a barrier), each comes out whole, in the order asked, with
     the assignment's time."""
-    settings, r1_url, r2_url = _three_partition_app(brokers, redis_urls, admin, unique,
-                                                    migration="stop-and-copy")
+    settings, r1_url, r2_url = two_servers(brokers, redis_urls, admin, unique, partitions=3,
+                                           migration="stop-and-copy")
     all_started = threading.Barrier(3, timeout=10)
     threads: list[str] = []
 
@@ -330,7 +319,7 @@ def test_a_failed_restore_fails_the_assignment_after_the_others_stopped(
 ) -> None:
     """The error reaches the caller where that restore's turn comes; by then no
     restore thread runs any more."""
-    settings, r1_url, r2_url = _three_partition_app(brokers, redis_urls, admin, unique)
+    settings, r1_url, r2_url = two_servers(brokers, redis_urls, admin, unique, partitions=3)
     real_move = Restorer._move
 
     def failing(self: Restorer, store: str, partition: int, assigned_ms: int | None) -> Any:

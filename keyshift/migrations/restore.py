@@ -66,6 +66,7 @@ class _Moved:
 
     store: str
     partition: int
+    local: StorePartition
     decision: Plan
     epoch: int
     stamp: Stamp | None
@@ -243,14 +244,13 @@ class Restorer:
         if stamp is not None:
             event.previous_record_ms = stamp.ts_ms
         clock.lap("move")
-        return _Moved(store, partition, decision, epoch, stamp, copy, event, clock)
+        return _Moved(store, partition, local, decision, epoch, stamp, copy, event, clock)
 
     def _complete(self, moved: _Moved, end: int | None) -> Restored:
         """Apply the changelog tail beyond the moved stamp and publish the location."""
-        store, partition, epoch = moved.store, moved.partition, moved.epoch
+        store, partition, local, epoch = moved.store, moved.partition, moved.local, moved.epoch
         decision, event, copy, clock = moved.decision, moved.event, moved.copy, moved.clock
         clock.lap("wait")  # for the restores before it in the same assignment
-        local = self.local.partition(self.settings.app_id, store, partition)
         result = replay_changelog(self.restore_consumer(), self.changelog_topic(store),
                                   partition, local, moved.stamp, epoch, end=end,
                                   read_committed=self.settings.exactly_once)
