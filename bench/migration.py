@@ -36,7 +36,7 @@ import orjson
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from keyshift.app.kafka import read_topic
+from keyshift.runtime.kafka import read_topic
 
 STRATEGIES = ["handoff", "stop-and-copy", "progressive", "replay"]
 APP = """
@@ -219,7 +219,7 @@ def run_strategy(strategy: str, args: argparse.Namespace, urls: list[str], share
     for key, value, _ in read_all(brokers, sink):
         if key is not None and value is not None:
             final[key.decode()] = orjson.loads(value)
-    events = [orjson.loads(v) for _, v, _ in read_all(brokers, f"{app_id}-events") if v]
+    events = [orjson.loads(v) for _, v, _ in read_all(brokers, f"{app_id}--events") if v]
     moved = [e for e in events if e["from_instance"] not in (None, e["to_instance"])
              and e["assigned_ms"] >= steady_end]
     windows = [(e["assigned_ms"] - 2000, e["assigned_ms"] + (e["duration_ms"] or 0)

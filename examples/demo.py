@@ -26,7 +26,7 @@ import orjson
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from keyshift.app.kafka import read_topic
+from keyshift.runtime.kafka import read_topic
 
 ROOT = Path(__file__).resolve().parent.parent
 TEXT = [
@@ -93,7 +93,7 @@ def main() -> int:
 
     def show_migrations() -> None:
         moved = 0
-        for _key, value in read(brokers, f"{names['WORDCOUNT_APP']}-events"):
+        for _key, value in read(brokers, f"{names['WORDCOUNT_APP']}--events"):
             if value is None or value in shown:
                 continue
             shown.add(value)

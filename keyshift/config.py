@@ -8,17 +8,21 @@ start rather than mid-stream.
 Extra librdkafka settings (SASL, SSL, ...) pass through ``kafka`` or env vars
 ``KEYSHIFT_KAFKA_<NAME>`` where ``<NAME>`` is the librdkafka name upper-cased
 with dots as underscores (``KEYSHIFT_KAFKA_SASL_MECHANISM`` -> ``sasl.mechanism``).
-Redis AUTH/TLS go in the state URL (``rediss://user:password@host:6380/0``).
+The properties keyshift sets from its own settings (:data:`KEYSHIFT_OWNED_KAFKA`)
+are refused there. Redis AUTH/TLS go in the state URL
+(``rediss://user:password@host:6380/0``); error messages show URLs only redacted.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 from keyshift.errors import ConfigError
+from keyshift.urls import redact, validate_redis_url
 
 Guarantee = Literal["at_least_once", "exactly_once"]
 GroupProtocol = Literal["classic", "consumer"]
@@ -28,6 +32,32 @@ Migration = Literal["auto", "progressive", "stop-and-copy", "replay"]
 ENV_PREFIX = "KEYSHIFT_"
 DEFAULT_BROKERS = "127.0.0.1:9092"
 DEFAULT_STATE = "redis://127.0.0.1:6379/0"
+
+#: ``transaction.timeout.ms`` of keyshift's transactional producers unless the
+#: ``kafka`` settings give one. The broker aborts a transaction open longer, and
+#: under exactly_once one stays open for a commit interval.
+DEFAULT_TRANSACTION_TIMEOUT_MS = 10_000
+
+#: librdkafka properties keyshift derives from its own settings, each with the
+#: setting to use instead. Given through ``kafka`` they would break what keyshift
+#: relies on: one consumer group per app, offsets committed only with the state,
+#: the isolation level and transactions of the guarantee, the assignor migration
+#: is built for.
+KEYSHIFT_OWNED_KAFKA: dict[str, str] = {
+    "group.id": "app_id (the consumer group is the app id)",
+    "group.instance.id": "instance_id and static_membership",
+    "isolation.level": "guarantee (exactly_once reads read_committed)",
+    "enable.auto.commit": "commit_interval_ms (offsets are committed with the state)",
+    "enable.auto.offset.store": "commit_interval_ms (offsets are committed with the state)",
+    "transactional.id": "guarantee=exactly_once with instance_id (transactional ids "
+    "derive from them)",
+    "enable.idempotence": "guarantee (keyshift's producers are always idempotent)",
+    "group.protocol": "group_protocol",
+    "partition.assignment.strategy": "group_protocol (classic uses cooperative-sticky)",
+}
+
+_INSTANCE_ID = re.compile(r"[A-Za-z0-9._-]{1,200}")
+_INTEGER = re.compile(r"\s*[+-]?[0-9]+\s*")
 
 
 def _env(name: str) -> str | None:
@@ -41,11 +71,20 @@ def _choice(setting: str, value: str, allowed: Any) -> str:
     return value
 
 
+def _integer(setting: str, value: Any) -> int:
+    """``value`` as an int, refusing what ``int()`` would round or reinterpret: an
+    int (not a bool), a float with no fraction, or a string of digits (env vars)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and _INTEGER.fullmatch(value):
+        return int(value)
+    raise ConfigError(setting, f"{value!r} is not an integer")
+
+
 def _positive_int(setting: str, value: Any) -> int:
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise ConfigError(setting, f"{value!r} is not an integer") from None
+    number = _integer(setting, value)
     if number <= 0:
         raise ConfigError(setting, f"must be > 0, got {number}")
     return number
@@ -83,12 +122,92 @@ def kafka_overrides_from_env(environ: Mapping[str, str] | None = None) -> dict[s
     }
 
 
+def _check_app_id(app_id: str) -> None:
+    if not app_id or not all((c.isascii() and c.isalnum()) or c in "._-" for c in app_id):
+        raise ConfigError("app_id", f"{app_id!r} must be non-empty and use [A-Za-z0-9._-]")
+    if "--" in app_id or app_id.endswith("-"):
+        raise ConfigError(
+            "app_id",
+            f"{app_id!r} must not contain '--' or end with '-': internal topics are "
+            "named <app_id>--<suffix>, and their first '--' ends the app id",
+        )
+
+
+def _instance_id(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = str(value)
+    if not _INSTANCE_ID.fullmatch(text):
+        raise ConfigError(
+            "instance_id",
+            f"{text!r} must be 1-200 characters of [A-Za-z0-9._-]; it becomes the "
+            "group.instance.id, part of client and transactional ids, and file names",
+        )
+    return text
+
+
+def _state(value: Any) -> str:
+    state = str(value)
+    scheme = state.split("://", 1)[0] if "://" in state else ""
+    if scheme == "memory":
+        return state
+    if scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(
+            "state", f"{redact(state)!r}: expected redis://, rediss://, unix:// or memory://"
+        )
+    validate_redis_url("state", state)
+    return state
+
+
+def _peers(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        peers = tuple(p.strip() for p in value.split(",") if p.strip())
+    elif isinstance(value, list | tuple):
+        for i, peer in enumerate(value):
+            if not isinstance(peer, str):
+                raise ConfigError(
+                    "peers", f"element {i} is a {type(peer).__name__}, not a URL string"
+                )
+        peers = tuple(value)
+    else:
+        raise ConfigError(
+            "peers",
+            f"a {type(value).__name__}; expected comma-separated URLs or a list of them",
+        )
+    for peer in peers:
+        # Named memory:// stores are peers of one another within a process.
+        if not peer.startswith("memory://"):
+            validate_redis_url("peers", peer)
+    return peers
+
+
+def _check_kafka(kafka: Mapping[str, str]) -> None:
+    for name in kafka:
+        instead = KEYSHIFT_OWNED_KAFKA.get(name)
+        if instead is not None:
+            raise ConfigError(
+                f"kafka.{name}", f"keyshift sets it; use the setting {instead} instead"
+            )
+
+
+def transaction_timeout_ms(kafka: Mapping[str, str]) -> int:
+    """The transactional producers' ``transaction.timeout.ms``: from ``kafka`` if
+    given, else :data:`DEFAULT_TRANSACTION_TIMEOUT_MS`."""
+    raw = kafka.get("transaction.timeout.ms")
+    if raw is None:
+        return DEFAULT_TRANSACTION_TIMEOUT_MS
+    return _positive_int("kafka.transaction.timeout.ms", raw)
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Configuration of one keyshift application (shared by all its instances).
 
     Attributes:
         app_id: application id; the consumer group and the prefix of internal topics.
+            ``[A-Za-z0-9._-]``, without ``--`` and not ending in ``-``: internal topics
+            are named ``<app_id>--<suffix>``, so the first ``--`` in a topic name ends
+            the app id, and no app's topics look like another's.
         brokers: Kafka bootstrap servers (env ``KEYSHIFT_BROKERS``).
         state: state backend URL, ``redis://...``, ``rediss://...`` or ``memory://``
             (env ``KEYSHIFT_STATE``).
@@ -96,9 +215,15 @@ class Settings:
             (env ``KEYSHIFT_GUARANTEE``).
         commit_interval_ms: how often state is flushed and offsets committed
             (env ``KEYSHIFT_COMMIT_INTERVAL_MS``; default 1000, 100 with exactly_once).
+            With exactly_once it must be below the transaction timeout
+            (``transaction.timeout.ms`` in ``kafka``, default
+            :data:`DEFAULT_TRANSACTION_TIMEOUT_MS`): a transaction stays open for one
+            interval, and the broker aborts one open longer than its timeout.
         batch_size: most records taken from Kafka per poll (env ``KEYSHIFT_BATCH_SIZE``).
         instance_id: stable id of this instance; enables static group membership
-            (env ``KEYSHIFT_INSTANCE_ID``).
+            (env ``KEYSHIFT_INSTANCE_ID``). 1-200 characters of ``[A-Za-z0-9._-]``: it
+            becomes the ``group.instance.id`` (Kafka takes those characters, up to
+            249), part of client and transactional ids, and part of file names.
         static_membership: use ``instance_id`` as ``group.instance.id`` (KIP-345), so a
             restart within the session timeout moves nothing. librdkafka's static
             members never leave the group on close, so a permanent scale-in then
@@ -118,7 +243,8 @@ class Settings:
         peers: Redis URLs, with credentials, of other instances' state, used to
             transfer state directly (env ``KEYSHIFT_PEERS``, comma-separated).
             Published locations never carry secrets; they are matched against these.
-        kafka: extra librdkafka settings passed to every client (SASL/SSL, ...).
+        kafka: extra librdkafka settings passed to every client (SASL/SSL, ...); not
+            those in :data:`KEYSHIFT_OWNED_KAFKA`, which keyshift sets itself.
     """
 
     app_id: str
@@ -140,8 +266,7 @@ class Settings:
     @classmethod
     def build(cls, app_id: str, **given: Any) -> Settings:
         """Build settings from explicit values (None = not given), env vars, defaults."""
-        if not app_id or not all((c.isascii() and c.isalnum()) or c in "._-" for c in app_id):
-            raise ConfigError("app_id", f"{app_id!r} must be non-empty and use [A-Za-z0-9._-]")
+        _check_app_id(app_id)
 
         def pick(name: str, default: Any) -> Any:
             if given.get(name) is not None:
@@ -153,31 +278,32 @@ class Settings:
         default_interval = 100 if guarantee == "exactly_once" else 1000
         kafka = dict(kafka_overrides_from_env())
         kafka.update({k: str(v) for k, v in (given.get("kafka") or {}).items()})
+        _check_kafka(kafka)
         brokers = str(pick("brokers", DEFAULT_BROKERS))
         if not brokers.strip():
             raise ConfigError("brokers", "no bootstrap server given")
-        state = str(pick("state", DEFAULT_STATE))
-        if state.split("://", 1)[0] not in ("redis", "rediss", "unix", "memory"):
-            raise ConfigError(
-                "state", f"{state!r}: expected redis://, rediss://, unix:// or memory://"
-            )
-        instance_id = pick("instance_id", None)
-        peers = pick("peers", ())
-        if isinstance(peers, str):
-            peers = tuple(p.strip() for p in peers.split(",") if p.strip())
-        for peer in peers:
-            if peer.split("://", 1)[0] not in ("redis", "rediss", "unix"):
-                raise ConfigError("peers", f"{peer!r} is not a redis://, rediss:// or unix:// URL")
+        state = _state(pick("state", DEFAULT_STATE))
+        commit_interval_ms = _positive_int(
+            "commit_interval_ms", pick("commit_interval_ms", default_interval)
+        )
+        if guarantee == "exactly_once":
+            timeout = transaction_timeout_ms(kafka)
+            if commit_interval_ms >= timeout:
+                raise ConfigError(
+                    "commit_interval_ms",
+                    f"{commit_interval_ms} must be below the transaction timeout "
+                    f"({timeout} ms, kafka.transaction.timeout.ms) under exactly_once: a "
+                    "transaction stays open for one interval, and the broker aborts it "
+                    "after the timeout",
+                )
         return cls(
             app_id=app_id,
             brokers=brokers,
             state=state,
             guarantee=guarantee,  # type: ignore[arg-type]
-            commit_interval_ms=_positive_int(
-                "commit_interval_ms", pick("commit_interval_ms", default_interval)
-            ),
+            commit_interval_ms=commit_interval_ms,
             batch_size=_positive_int("batch_size", pick("batch_size", 5000)),
-            instance_id=None if instance_id is None else str(instance_id),
+            instance_id=_instance_id(pick("instance_id", None)),
             static_membership=_bool("static_membership", pick("static_membership", True)),
             group_protocol=_choice(  # type: ignore[arg-type]
                 "group_protocol", pick("group_protocol", "classic"), GroupProtocol
@@ -188,7 +314,7 @@ class Settings:
                 "cache_max_entries", pick("cache_max_entries", 200_000)
             ),
             copy_share=_share("copy_share", pick("copy_share", 1.0)),
-            peers=tuple(peers),
+            peers=_peers(pick("peers", ())),
             kafka=kafka,
         )
 

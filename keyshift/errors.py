@@ -7,7 +7,10 @@ Every error raised by keyshift derives from :class:`KeyshiftError`::
     ├── TopologyError        the pipeline cannot be built or run as written
     ├── SerializationError   a key or value cannot be encoded/decoded
     ├── ProcessingError      user code raised while processing a record
+    │   └── RecordRejected   Kafka refused one record (too large, invalid): dead-lettered
     ├── BrokerError          Kafka refused or failed an operation
+    │   ├── TransactionAbortable  the open transaction must be aborted (exactly-once)
+    │   └── InstanceConflict      another process runs with this instance id
     ├── StateError           the state backend failed
     │   └── FencedError      another owner took the task over (zombie fencing)
     ├── MigrationError       moving a task's state to its new owner failed
@@ -43,8 +46,22 @@ class ProcessingError(KeyshiftError):
     """User code raised an exception while processing a record."""
 
 
+class RecordRejected(ProcessingError):
+    """Kafka refused one record for what it is (too large for its topic, invalid),
+    not because of the cluster's state: the record goes to the dead-letter topic."""
+
+
 class BrokerError(KeyshiftError):
     """Kafka refused or failed an operation."""
+
+
+class InstanceConflict(BrokerError):
+    """Another process runs with this instance id (its transactions fenced ours).
+
+    A supervisor must not restart a worker that failed with it: the two would
+    fence each other in turn. ``keyshift worker`` exits with :attr:`exit_code`."""
+
+    exit_code = 3
 
 
 class TransactionAbortable(BrokerError):

@@ -29,7 +29,7 @@ import redis
 
 from keyshift.dev import read_env_file, up
 from keyshift.dev.ports import port_open
-from keyshift.dev.procs import child_pids, cmdline
+from keyshift.procs import child_pids, cmdline
 from keyshift.state.base import Store
 from keyshift.state.memory import MemoryStore
 from keyshift.state.redis import RedisStore
@@ -143,7 +143,7 @@ def no_keyshift_env(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def unique(request: pytest.FixtureRequest) -> Callable[..., str]:
     """``unique(prefix="t")`` -> ``"<prefix>-<testname>-<uuid8>"``, a legal topic/app name."""
-    test = re.sub(r"[^A-Za-z0-9._-]+", "-", request.node.name).strip("-")[:60]
+    test = re.sub(r"[^A-Za-z0-9._]+", "-", request.node.name).strip("-")[:60].strip("-")
 
     def make(prefix: str = "t") -> str:
         return f"{prefix}-{test}-{uuid.uuid4().hex[:8]}"

@@ -16,7 +16,7 @@ import orjson
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
-from keyshift.app.kafka import read_topic as keyshift_read_topic
+from keyshift.runtime.kafka import read_topic as keyshift_read_topic
 
 WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa"]
 

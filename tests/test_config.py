@@ -204,3 +204,225 @@ def test_settings_frozen() -> None:
     s = Settings.build("app")
     with pytest.raises(AttributeError):
         s.batch_size = 1  # type: ignore[misc]
+
+
+# -- Redis URLs ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("setting", ["state", "peers"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://h/notadb",
+        "redis://",
+        "rediss://",
+        "rediss://u:p@:6380/0",
+        "unix://",
+        "redis://h/0?bogus=1",
+        "redis://h/0?ssl_cert_reqs=none",
+    ],
+)
+def test_bad_redis_url(setting: str, url: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.build("app", **{setting: url})
+    assert info.value.setting == setting
+
+
+def test_unknown_query_parameter_lists_the_known_ones() -> None:
+    with pytest.raises(ConfigError, match="unknown query parameter 'bogus'") as info:
+        Settings.build("app", state="redis://h:6379/0?bogus=1")
+    assert "client_name" in str(info.value) and "socket_timeout" in str(info.value)
+
+
+def test_bad_state_url_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KEYSHIFT_STATE", "redis://h/notadb")
+    with pytest.raises(ConfigError) as info:
+        Settings.build("app")
+    assert info.value.setting == "state"
+
+
+def test_bad_peer_in_env_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KEYSHIFT_PEERS", "redis://a:6379/0, redis://b:6379/x")
+    with pytest.raises(ConfigError) as info:
+        Settings.build("app")
+    assert info.value.setting == "peers"
+
+
+@pytest.mark.parametrize(
+    ("given", "setting"),
+    [
+        ({"state": "redis://u:s3cret@h/notadb"}, "state"),
+        ({"state": "rediss://:s3cret@/0"}, "state"),
+        ({"state": "postgres://u:s3cret@h/db"}, "state"),
+        ({"state": "redis://h/0?password=s3cret&bogus=1"}, "state"),
+        ({"peers": "redis://u:s3cret@h/0?bogus=1"}, "peers"),
+        ({"peers": ["redis://a/0", "http://u:s3cret@h/"]}, "peers"),
+        ({"peers": "redis://u:s3c/ret@h/0"}, "peers"),
+    ],
+)
+def test_url_errors_never_show_the_password(given: dict[str, Any], setting: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.build("app", **given)
+    assert info.value.setting == setting
+    assert "s3c" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["redis://h", "rediss://u:p@h:6380/1?ssl_cert_reqs=none", "unix:///tmp/r.sock?db=1",
+     "redis://h/0?socket_timeout=2&client_name=w"],
+)
+def test_good_peer_urls(url: str) -> None:
+    assert Settings.build("app", peers=[url, "redis://other:6379/0"]).peers == (
+        url, "redis://other:6379/0")
+
+
+def test_named_memory_peers_stay_valid() -> None:
+    # Named memory:// stores stand for other instances' state within one process.
+    assert Settings.build("app", state="memory://s1", peers="memory://s0").peers == (
+        "memory://s0",)
+
+
+@pytest.mark.parametrize("peers", [["redis://a", 5], ("redis://a", None), [b"redis://a"], 5])
+def test_peers_must_be_strings(peers: Any) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.build("app", peers=peers)
+    assert info.value.setting == "peers"
+
+
+# -- integers -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("setting", ["commit_interval_ms", "batch_size", "cache_max_entries"])
+@pytest.mark.parametrize("value", [1.9, "1.9", True, "1_000", "1e3", "", "٣"])
+def test_integer_settings_refuse_non_integers(setting: str, value: Any) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.build("app", **{setting: value})
+    assert info.value.setting == setting
+
+
+@pytest.mark.parametrize("setting", ["commit_interval_ms", "batch_size", "cache_max_entries"])
+def test_integer_settings_take_digit_strings_and_whole_floats(
+    monkeypatch: pytest.MonkeyPatch, setting: str
+) -> None:
+    monkeypatch.setenv("KEYSHIFT_" + setting.upper(), " 250 ")
+    assert getattr(Settings.build("app"), setting) == 250
+    assert getattr(Settings.build("app", **{setting: 40.0}), setting) == 40
+
+
+# -- exactly-once commit interval ---------------------------------------------------------
+
+
+def test_exactly_once_interval_below_default_transaction_timeout() -> None:
+    from keyshift.config import DEFAULT_TRANSACTION_TIMEOUT_MS
+
+    limit = DEFAULT_TRANSACTION_TIMEOUT_MS
+    eos = {"guarantee": "exactly_once"}
+    assert Settings.build("app", commit_interval_ms=limit - 1, **eos).commit_interval_ms == (
+        limit - 1)
+    for interval in (limit, limit + 1):
+        with pytest.raises(ConfigError) as info:
+            Settings.build("app", commit_interval_ms=interval, **eos)
+        assert info.value.setting == "commit_interval_ms"
+        assert "transaction.timeout.ms" in str(info.value)
+    # Without transactions there is no such bound.
+    assert Settings.build("app", commit_interval_ms=limit * 3).commit_interval_ms == limit * 3
+
+
+def test_exactly_once_interval_below_given_transaction_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    eos = {"guarantee": "exactly_once"}
+    kafka = {"transaction.timeout.ms": "60000"}
+    assert Settings.build("app", commit_interval_ms=30_000, kafka=kafka, **eos)
+    with pytest.raises(ConfigError, match="commit_interval_ms"):
+        Settings.build("app", kafka={"transaction.timeout.ms": "100"}, **eos)  # default 100
+    monkeypatch.setenv("KEYSHIFT_KAFKA_TRANSACTION_TIMEOUT_MS", "50")
+    with pytest.raises(ConfigError, match="commit_interval_ms"):
+        Settings.build("app", commit_interval_ms=50, **eos)
+    assert Settings.build("app", commit_interval_ms=49, **eos).commit_interval_ms == 49
+
+
+def test_exactly_once_bad_transaction_timeout_names_it() -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.build("app", guarantee="exactly_once", kafka={"transaction.timeout.ms": "1m"})
+    assert info.value.setting == "kafka.transaction.timeout.ms"
+
+
+def test_producer_config_takes_the_transaction_timeout() -> None:
+    from keyshift.config import DEFAULT_TRANSACTION_TIMEOUT_MS
+    from keyshift.runtime.kafka import producer_config
+
+    plain = Settings.build("app", guarantee="exactly_once")
+    assert producer_config(plain, "t")["transaction.timeout.ms"] == DEFAULT_TRANSACTION_TIMEOUT_MS
+    given = Settings.build("app", guarantee="exactly_once",
+                           kafka={"transaction.timeout.ms": "60000"})
+    assert producer_config(given, "t")["transaction.timeout.ms"] == "60000"
+
+
+# -- Kafka properties keyshift owns -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "instead"),
+    [
+        ("group.id", "app_id"),
+        ("group.instance.id", "instance_id"),
+        ("isolation.level", "guarantee"),
+        ("enable.auto.commit", "commit_interval_ms"),
+        ("enable.auto.offset.store", "commit_interval_ms"),
+        ("transactional.id", "guarantee"),
+        ("enable.idempotence", "guarantee"),
+        ("group.protocol", "group_protocol"),
+        ("partition.assignment.strategy", "group_protocol"),
+    ],
+)
+def test_kafka_properties_keyshift_owns(name: str, instead: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.build("app", kafka={name: "x"})
+    assert info.value.setting == f"kafka.{name}"
+    assert instead in str(info.value)
+
+
+def test_kafka_property_keyshift_owns_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KEYSHIFT_KAFKA_GROUP_ID", "other")
+    with pytest.raises(ConfigError) as info:
+        Settings.build("app")
+    assert info.value.setting == "kafka.group.id"
+    assert "app_id" in str(info.value)
+
+
+# -- ids ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "instance_id", ["a/b", "pod 1", "pod-1\n", "\tpod", "pod:1", "pödi", "", "x" * 201]
+)
+def test_bad_instance_id(instance_id: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.build("app", instance_id=instance_id)
+    assert info.value.setting == "instance_id"
+
+
+def test_bad_instance_id_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KEYSHIFT_INSTANCE_ID", "../pod")
+    with pytest.raises(ConfigError, match="instance_id"):
+        Settings.build("app")
+
+
+@pytest.mark.parametrize("instance_id", ["pod-1", "a.b_c-1", "x" * 200, "0"])
+def test_good_instance_id(instance_id: str) -> None:
+    assert Settings.build("app", instance_id=instance_id).instance_id == instance_id
+
+
+@pytest.mark.parametrize("app_id", ["a--b", "a-", "--a", "a---b", "orders-v2-"])
+def test_app_id_without_double_dash_or_trailing_dash(app_id: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.build(app_id)
+    assert info.value.setting == "app_id"
+    assert "--" in str(info.value)
+
+
+@pytest.mark.parametrize("app_id", ["a-b", "-a", "a.-b", "a-b-c"])
+def test_app_id_with_single_dashes(app_id: str) -> None:
+    assert Settings.build(app_id).app_id == app_id

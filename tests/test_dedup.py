@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from keyshift.app.task import Task
 from keyshift.operators.serdes import get_serde
 from keyshift.operators.stream import Stream
 from keyshift.operators.topology import SubTopology, Topology
+from keyshift.runtime.task import Task
 from keyshift.state.base import Stamp
 from keyshift.state.changelog import ORIGIN_HEADER
 from keyshift.state.memory.store import MemoryPartition

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from keyshift.app.metrics import GcClock, Metrics
+from keyshift.runtime.metrics import GcClock, Metrics
 from keyshift.state.memory.store import MemoryPartition
 from keyshift.state.table import Table
 

@@ -69,7 +69,7 @@ def test_wordcount_end_to_end(
         raw = redis_client.hgetall(f"ks:{{{app_id}:counts:{p}}}:d")
         state.update({k.decode(): orjson.loads(v) for k, v in raw.items()})
     assert state == expected
-    changelog = f"{app_id}-counts-changelog"
+    changelog = f"{app_id}--counts-changelog"
     configs = admin.describe_configs([ConfigResource("topic", changelog)])
     for future in configs.values():
         assert future.result()["cleanup.policy"].value == "compact"
@@ -198,7 +198,7 @@ def test_malformed_record_goes_to_dlq(brokers, admin, unique, tmp_path: Path):
         assert wait_for(lambda: _converged(brokers, sink, expected), 90)
     finally:
         assert stop(proc) == 0
-    dead = read_topic(brokers, f"{app_id}-dlq")
+    dead = read_topic(brokers, f"{app_id}--dlq")
     assert len(dead) == 1
     key, value, headers = dead[0]
     assert key == b"bad-key" and value == b'{"not json'

@@ -9,13 +9,13 @@ import pytest
 
 from kafkautil import group_config
 from keyshift import Settings
-from keyshift.app.kafka import (
+from keyshift.errors import ConfigError
+from keyshift.runtime.kafka import (
     apply_group_configs,
     consumer_config,
     consumer_group_configs,
     group_timeouts,
 )
-from keyshift.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("no_keyshift_env")
 

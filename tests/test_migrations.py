@@ -33,7 +33,7 @@ STRATEGIES = ["handoff", "stop-and-copy", "progressive", "replay"]
 
 
 def _events(brokers: str, app_id: str) -> list[dict[str, object]]:
-    return [orjson.loads(v) for _, v, _ in read_topic(brokers, f"{app_id}-events", idle_s=1.0)
+    return [orjson.loads(v) for _, v, _ in read_topic(brokers, f"{app_id}--events", idle_s=1.0)
             if v is not None]
 
 
@@ -47,7 +47,9 @@ def _strictly_increasing(brokers: str, sink: str) -> None:
 
 
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = dict(os.environ, PYTHONPATH=str(tmp_path), KEYSHIFT_HOME=str(tmp_path / "home"))
+    # Every sandbox Redis is a peer: state moves only between configured servers.
+    env = dict(os.environ, PYTHONPATH=str(tmp_path), KEYSHIFT_HOME=str(tmp_path / "home"),
+               KEYSHIFT_PEERS=os.environ.get("KEYSHIFT_REDIS_URLS", ""))
     env.update(extra)
     return env
 
@@ -124,6 +126,7 @@ def test_scale_1_3_1_mid_stream(strategy, guarantee, brokers, admin, redis_urls,
 
 def _two_workers(ref: str, urls: list[str], tmp_path: Path, env: dict[str, str]):
     log = tmp_path / "workers.log"
+    env = dict(env, KEYSHIFT_PEERS=",".join([env.get("KEYSHIFT_PEERS", ""), *urls]).strip(","))
     return [
         _spawn(keyshift_cmd("worker", ref, "--instance-id", f"w{i}", "--state", urls[i]),
                tmp_path, log, env)

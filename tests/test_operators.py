@@ -156,10 +156,10 @@ def test_key_by_creates_repartition_subtopology() -> None:
     rekeyed.count(store="per-user").to("counts")
     assert len(topo.subtopologies) == 2
     sub2 = topo.subtopologies[1]
-    assert sub2.topic == "shop-keyby-1-repartition"
+    assert sub2.topic == "shop--keyby-1-repartition"
     assert sub2.internal is True
     assert sub2.upstream is sub
-    assert sub.repartition_topics() == ["shop-keyby-1-repartition"]
+    assert sub.repartition_topics() == ["shop--keyby-1-repartition"]
     assert sub2.stores() == ["per-user"]
     assert sub.stores() == []
     assert topo.subtopology_of_store("per-user") is sub2
@@ -169,8 +169,8 @@ def test_key_by_creates_repartition_subtopology() -> None:
     ctx = run(sub, [("k", {"user": "u1", "n": 1}), ("k", {"user": "u2", "n": 2})])
     assert ctx.emitted == []
     assert ctx.repartitioned == [
-        ("shop-keyby-1-repartition", b"u1", b'{"user":"u1","n":1}'),
-        ("shop-keyby-1-repartition", b"u2", b'{"user":"u2","n":2}'),
+        ("shop--keyby-1-repartition", b"u1", b'{"user":"u1","n":1}'),
+        ("shop--keyby-1-repartition", b"u2", b'{"user":"u2","n":2}'),
     ]
 
     # the downstream sub-topology counts by the new key
@@ -186,17 +186,17 @@ def test_key_by_numbering_name_and_serdes() -> None:
     topics = [t.topic for t in topo.subtopologies]
     assert topics == [
         "in",
-        "a-keyby-1-repartition",
-        "a-custom-repartition",
-        "a-keyby-3-repartition",
+        "a--keyby-1-repartition",
+        "a--custom-repartition",
+        "a--keyby-3-repartition",
     ]
-    custom = topo.by_topic()["a-custom-repartition"]
+    custom = topo.by_topic()["a--custom-repartition"]
     assert custom.partitions == 3
     assert custom.key_serde is get_serde("json")
     assert custom.upstream is topo.subtopologies[1]
 
     ctx = run(topo.subtopologies[1], [("x", 7)])
-    assert ctx.repartitioned == [("a-custom-repartition", b"7", b"7")]
+    assert ctx.repartitioned == [("a--custom-repartition", b"7", b"7")]
 
 
 def test_key_by_same_name_twice_rejected() -> None:
@@ -372,7 +372,7 @@ def test_valid_store_names(name: str) -> None:
     topo, _, s = make()
     s.count(store=name)
     assert topo.store_names() == [name]
-    assert topo.changelog_topic(name) == f"app-{name}-changelog"
+    assert topo.changelog_topic(name) == f"app--{name}-changelog"
 
 
 @pytest.mark.parametrize("name", ["zähler", "n²"])
@@ -404,12 +404,12 @@ def test_validate_stream_without_operator() -> None:
 def test_validate_key_by_without_downstream_operator() -> None:
     topo, _, s = make("app")
     s.key_by(lambda v: v)
-    with pytest.raises(TopologyError, match="app-keyby-1-repartition"):
+    with pytest.raises(TopologyError, match="app--keyby-1-repartition"):
         topo.validate()
 
 
 def test_dlq_topic() -> None:
-    assert Topology("x").dlq_topic == "x-dlq"
+    assert Topology("x").dlq_topic == "x--dlq"
 
 
 def test_map_record_sees_the_whole_record() -> None:

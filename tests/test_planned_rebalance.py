@@ -16,9 +16,9 @@ from test_worker_close import _add_task, _Consumer, _msgs, _Producer
 
 from keyshift.app.app import App
 from keyshift.app.group_gate import Checkpoints, CheckpointWatch, GroupGate
-from keyshift.app.worker import LEAVING_BATCH, RESUME_FIRST_S, Worker
 from keyshift.migrations.events import MigrationEvent, now_ms
 from keyshift.migrations.restore import Restored
+from keyshift.runtime.worker import LEAVING_BATCH, RESUME_FIRST_S, Worker
 from keyshift.state.memory.store import MemoryPartition
 
 pytestmark = pytest.mark.unit
@@ -192,9 +192,9 @@ def test_after_a_checkpoint_the_worker_takes_small_batches_and_defers_commits(
 ) -> None:
     """Between a checkpoint and the rebalance it announces, a rebalance callback
     waits for at most one small batch, and never for a regular commit."""
-    monkeypatch.setattr("keyshift.app.worker.PREPARED_GRACE_S", 0.0)
+    monkeypatch.setattr("keyshift.runtime.worker.PREPARED_GRACE_S", 0.0)
     if ended_by == "deadline":
-        monkeypatch.setattr("keyshift.app.worker.PREPARED_S", 0.3)
+        monkeypatch.setattr("keyshift.runtime.worker.PREPARED_S", 0.3)
     worker, _, gate = _gated_worker(tmp_path, commit_interval_ms=1)
     checkpoints = gate.checkpoints
     seen: dict[str, int] = {}
@@ -363,7 +363,7 @@ def test_each_restored_partition_is_assigned_before_the_next_restore(
         def flush(self) -> None:
             steps.append("flush")
 
-    monkeypatch.setattr("keyshift.app.worker.end_offsets", lambda *a, **k: {
+    monkeypatch.setattr("keyshift.runtime.worker.end_offsets", lambda *a, **k: {
         (worker.topology.locations_topic, 0): 0})
     monkeypatch.setattr(worker, "_open_task", open_task)
     worker._subs = worker.topology.by_topic()  # start() sets it

@@ -7,8 +7,6 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from keyshift.migrations.events import MigrationEvent, now_ms
 from keyshift.migrations.locations import Location, aside_of, split_aside
@@ -220,18 +218,6 @@ def test_location_defaults_round_trip() -> None:
     decoded = Location.decode(value.encode())
     assert decoded == value
     assert decoded.complete is True and decoded.source is None and decoded.updated_ms == 0
-
-
-@given(
-    st.text(max_size=20), st.integers(0, 2**31 - 1), st.text(max_size=20),
-    st.text(max_size=40), st.integers(0, 2**62), st.booleans(),
-    st.none() | st.text(max_size=40), st.integers(0, 2**62),
-)
-def test_location_round_trip_property(store: str, partition: int, instance: str, url: str,
-                                      epoch: int, complete: bool, source: str | None,
-                                      updated: int) -> None:
-    value = Location(store, partition, instance, url, epoch, complete, source, updated)
-    assert Location.decode(value.encode()) == value
 
 
 # -- MigrationEvent ------------------------------------------------------------------

@@ -6,7 +6,7 @@ import weakref
 
 import pytest
 
-from keyshift.app.reaper import Reaper
+from keyshift.runtime.reaper import Reaper
 
 pytestmark = pytest.mark.unit
 

@@ -20,6 +20,7 @@ from kafkautil import (
     wait_for,
 )
 from keyshift.app.app import App
+from keyshift.runtime.clients import Clients
 
 pytestmark = pytest.mark.integration
 
@@ -69,24 +70,30 @@ def test_a_transaction_overtaken_by_a_rebalance_is_aborted_and_redone(
         .count(store="counts")
         .to(sink))
     first, second = sentences(400), sentences(400, start=400)
-    worker = app.worker()
-    worker.start()
-    consumer = _StaleGroupMetadata(worker._consumer)  # type: ignore[arg-type]
-    worker._consumer = consumer  # type: ignore[assignment]
+    wrapped: list[_StaleGroupMetadata] = []
+
+    def consumers(config: dict[str, Any]) -> Any:
+        made = Consumer(config)
+        if config.get("group.id") != app_id:
+            return made  # readers of the changelog and the locations topic
+        wrapped.append(_StaleGroupMetadata(made))
+        return wrapped[-1]
+
+    worker = app.worker(clients=Clients(consumer=consumers))
     errors: list[BaseException] = []
 
     def drive() -> None:
         try:
-            worker.loop()
+            worker.run()
         except BaseException as exc:
             errors.append(exc)
-        finally:
-            worker.close()
 
     thread = threading.Thread(target=drive)
     thread.start()
     intruder: Consumer | None = None
     try:
+        assert wait_for(lambda: bool(wrapped), 60, 0.1)
+        (consumer,) = wrapped
         produce_json(brokers, source, first)
         assert wait_for(lambda: _totals(brokers, sink) == expected_counts(first), 60), errors
         stale = consumer.last

@@ -10,8 +10,8 @@ import pytest
 from confluent_kafka import Consumer, Producer
 
 from kafkautil import create_topic
-from keyshift.app.kafka import end_offsets, reader_config
 from keyshift.migrations.replay import replay_changelog
+from keyshift.runtime.kafka import end_offsets, reader_config
 from keyshift.state.base import Stamp
 from keyshift.state.changelog import MARKER_KEY
 from keyshift.state.memory import MemoryStore

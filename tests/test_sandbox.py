@@ -17,7 +17,9 @@ from hypothesis import strategies as st
 from keyshift.dev import kafka, read_env_file, status, up
 from keyshift.dev.kafka import KafkaNode, plan_nodes, server_properties
 from keyshift.dev.ports import assign_ports, port_in_use
-from keyshift.dev.procs import (
+from keyshift.dev.sandbox import Sandbox, Service, State
+from keyshift.errors import SandboxError
+from keyshift.procs import (
     child_pids,
     is_ours,
     owned_pid,
@@ -27,8 +29,6 @@ from keyshift.dev.procs import (
     stop_pids,
     write_pid,
 )
-from keyshift.dev.sandbox import Sandbox, Service, State
-from keyshift.errors import SandboxError
 
 
 def parse_properties(text: str) -> dict[str, str]:

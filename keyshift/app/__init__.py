@@ -1,6 +1,5 @@
-"""The runtime: app, worker loop, tasks, Kafka clients, rebalance hooks, supervisor."""
+"""The public application object, :class:`App`: a named topology and its settings."""
 
 from keyshift.app.app import App
-from keyshift.app.worker import Worker
 
-__all__ = ["App", "Worker"]
+__all__ = ["App"]

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from keyshift.app.kafka import read_topic
 from keyshift.config import Settings
 from keyshift.errors import BrokerError
-from keyshift.migrations.locations import Location
+from keyshift.migrations.locations import BadLocation, Location, parse_record
 from keyshift.operators.topology import Topology
+from keyshift.runtime.kafka import read_topic
 from keyshift.state.redis.store import RedisStore, partition_keys, redact
 
 
@@ -25,12 +26,123 @@ class AppStatus:
     lag: dict[str, int] = field(default_factory=dict)
     locations: list[dict[str, Any]] = field(default_factory=list)
     migrations: list[dict[str, Any]] = field(default_factory=list)
+    #: Location records left out because they break the schema.
+    skipped_locations: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "app": self.app, "group_state": self.state, "members": self.members,
             "lag": self.lag, "state": self.locations, "last_migrations": self.migrations,
+            "skipped_locations": self.skipped_locations,
         }
+
+
+class UsageStore(Protocol):
+    """What status reads from a Redis holding a task's state."""
+
+    def usage(self, data_key: str) -> dict[str, int]: ...
+
+    def close(self) -> None: ...
+
+
+def _open_redis(url: str) -> UsageStore:
+    return RedisStore(url, timeout_s=2.0)
+
+
+def latest_locations(
+    records: Iterable[tuple[bytes | None, bytes | None]],
+) -> tuple[dict[bytes, Location], int]:
+    """The current location per key of the locations topic's ``(key, value)``
+    records, in log order, and how many records were malformed.
+
+    Same rules as the workers' view (``LocationsView._apply``): a tombstone
+    removes the key; a malformed record is skipped and removes the key's
+    earlier location, which it supersedes.
+    """
+    latest: dict[bytes, Location] = {}
+    skipped = 0
+    for key, value in records:
+        try:
+            location = parse_record(key, value)
+        except BadLocation:
+            skipped += 1
+            if key is not None:
+                latest.pop(key, None)
+            continue
+        assert key is not None  # parse_record refuses a record without one
+        if location is None:
+            latest.pop(key, None)
+        else:
+            latest[key] = location
+    return latest, skipped
+
+
+def connectable(url: str, settings: Settings) -> str | None:
+    """The URL, with credentials, under which status may read a published
+    location's Redis: only this configuration's ``state`` or one of its
+    ``peers``, matched by their redacted form. A location names any server
+    its writer likes; status never connects to one it was not configured
+    with."""
+    known = {redact(u): u for u in (*settings.peers, settings.state)}
+    connect = known.get(url)
+    if connect is None or not connect.startswith(("redis://", "rediss://", "unix://")):
+        return None
+    return connect
+
+
+def summarize_locations(
+    records: Iterable[tuple[bytes | None, bytes | None]], settings: Settings, *,
+    open_store: Callable[[str], UsageStore] = _open_redis,
+) -> tuple[list[dict[str, Any]], int]:
+    """One entry per task from the locations topic's ``(key, value)`` records, sorted
+    by task, and how many records were malformed.
+
+    Key and size counts are read only from a configured Redis
+    (:func:`connectable`); a Redis URL that is not configured gets
+    ``note = "not a configured peer"``, a failed read ``error``.
+    """
+    latest, skipped = latest_locations(records)
+    stores: dict[str, UsageStore] = {}
+    entries: list[dict[str, Any]] = []
+    try:
+        for loc in latest.values():
+            entry: dict[str, Any] = {"task": f"{loc.store}[{loc.partition}]",
+                                     "instance": loc.instance, "url": loc.url,
+                                     "epoch": loc.epoch, "complete": loc.complete}
+            url = connectable(loc.url, settings)
+            if url is not None:
+                try:
+                    store = stores.get(url)
+                    if store is None:
+                        store = stores[url] = open_store(url)
+                    data_key, _ = partition_keys(settings.app_id, loc.store, loc.partition)
+                    entry.update(store.usage(data_key))
+                except Exception as exc:  # noqa: BLE001 - status is best effort per task
+                    entry["error"] = str(exc)
+            elif not loc.url.startswith("memory://"):
+                entry["note"] = "not a configured peer"
+            entries.append(entry)
+    finally:
+        for store in stores.values():
+            store.close()
+    entries.sort(key=lambda e: str(e["task"]))
+    return entries, skipped
+
+
+def parse_events(values: Iterable[bytes | None]) -> list[dict[str, Any]]:
+    """The migration events among the events topic's record values, in order;
+    a value that is not a JSON object is skipped."""
+    events = []
+    for value in values:
+        if not value:
+            continue
+        try:
+            event = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(event, dict):
+            events.append(event)
+    return events
 
 
 def collect(settings: Settings, topology: Topology, *, migrations: int = 10) -> AppStatus:
@@ -57,29 +169,12 @@ def collect(settings: Settings, topology: Topology, *, migrations: int = 10) -> 
                 status.lag[f"{tp.topic}[{tp.partition}]"] = max(0, high - tp.offset)
     finally:
         probe.close()
-    stores: dict[str, RedisStore] = {}
-    peers = {redact(u): u for u in (*settings.peers, settings.state)}
-    latest: dict[bytes, Location] = {}
-    for msg in read_topic(settings.client_config(), topology.locations_topic):
-        if msg.key() is not None and msg.value() is not None:
-            latest[msg.key()] = Location.decode(msg.value())  # compacted: last one wins
-    for loc in latest.values():
-        entry: dict[str, Any] = {"task": f"{loc.store}[{loc.partition}]", "instance": loc.instance,
-                                 "url": loc.url, "epoch": loc.epoch, "complete": loc.complete}
-        url = peers.get(loc.url) or (None if "***" in loc.url else loc.url)
-        if url and url.startswith(("redis://", "rediss://", "unix://")):
-            try:
-                store = stores.setdefault(url, RedisStore(url, timeout_s=2.0))
-                data_key, _ = partition_keys(settings.app_id, loc.store, loc.partition)
-                entry.update(store.usage(data_key))
-            except Exception as exc:  # noqa: BLE001 - status is best effort per task
-                entry["error"] = str(exc)
-        status.locations.append(entry)
-    for store in stores.values():
-        store.close()
-    status.locations.sort(key=lambda e: str(e["task"]))
-    events = [orjson.loads(m.value())
-              for m in read_topic(settings.client_config(), topology.events_topic) if m.value()]
+    status.locations, status.skipped_locations = summarize_locations(
+        ((m.key(), m.value()) for m in read_topic(settings.client_config(),
+                                                   topology.locations_topic)),
+        settings)
+    events = parse_events(m.value() for m in read_topic(settings.client_config(),
+                                                        topology.events_topic))
     status.migrations = events[-migrations:]
     return status
 
@@ -97,13 +192,20 @@ def render(status: AppStatus) -> str:
     for loc in status.locations:
         size = f" keys={loc['keys']} bytes={loc['bytes']}" if "keys" in loc else ""
         note = "" if loc["complete"] else " (copy in progress)"
+        if "note" in loc:
+            note += f" ({loc['note']})"
         lines.append(f"  {loc['task']}: {loc['instance']} {loc['url']} "
                      f"epoch={loc['epoch']}{size}{note}")
+    if status.skipped_locations:
+        lines.append(f"  skipped {status.skipped_locations} malformed location records")
     lines.append("last migrations:")
     for event in status.migrations:
+        # Published by workers, but read from a topic anyone may write: any
+        # field may be missing.
         lines.append(
-            f"  {event['task']}: {event['from_instance']} -> {event['to_instance']} "
-            f"{event['strategy']} keys={event['keys']} pause_ms={event['pause_ms']} "
-            f"duration_ms={event['duration_ms']} tail={event['tail_records']}"
+            f"  {event.get('task')}: {event.get('from_instance')} -> "
+            f"{event.get('to_instance')} {event.get('strategy')} keys={event.get('keys')} "
+            f"pause_ms={event.get('pause_ms')} duration_ms={event.get('duration_ms')} "
+            f"tail={event.get('tail_records')}"
         )
     return "\n".join(lines)

@@ -12,16 +12,19 @@ committed; those one step stops leave it together: one rebalance each (see
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import orjson
 
@@ -34,13 +37,23 @@ from keyshift.app.group_gate import (
     GroupGate,
 )
 from keyshift.dev.paths import keyshift_home
-from keyshift.errors import KeyshiftError
+from keyshift.errors import InstanceConflict, KeyshiftError
+from keyshift.procs import is_ours
 
 log = logging.getLogger("keyshift.supervisor")
 
 STOP_GRACE_S = 60.0
 STACK_DUMP_WAIT_S = 0.5
 RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
+
+
+def slot_instance_id(app_id: str, index: int) -> str:
+    """Slot ``index``'s instance id: unique per host, so that supervisors of one
+    app on several hosts never share one (instance ids name transactional ids,
+    and two producers with one id fence each other)."""
+    host = "".join(c if c.isascii() and (c.isalnum() or c in "._-") else "-"
+                   for c in socket.gethostname())[:60].strip("-.") or "host"
+    return f"{app_id}-{host}-{index}"
 
 
 def run_file(app_id: str) -> Path:
@@ -57,17 +70,23 @@ def gate_dir(app_id: str) -> Path:
 
 
 def find_supervisor(app_id: str) -> dict[str, object]:
-    """The run record of a live supervisor of ``app_id``; raises if none runs."""
+    """The run record of a live supervisor of ``app_id``; raises if none runs.
+
+    The record's pid counts only while that process is a ``keyshift run`` of
+    ``app_id`` (its command line says so): a pid reused by another process after
+    the supervisor died is never signalled."""
     path = run_file(app_id)
     try:
         record: dict[str, object] = orjson.loads(path.read_bytes())
         pid = int(str(record["pid"]))
-        os.kill(pid, 0)
-    except (FileNotFoundError, ProcessLookupError, KeyError, ValueError, orjson.JSONDecodeError):
+        app_ref = str(record["app_ref"])
+    except (FileNotFoundError, KeyError, ValueError, TypeError, orjson.JSONDecodeError):
+        pid, app_ref = 0, ""
+    if not pid or not is_ours(pid, ["run", app_ref]):
         raise KeyshiftError(
             f"no supervisor of app {app_id!r} is running (no live run file {path}); "
             f"start one with `keyshift run MODULE:APP --instances N`"
-        ) from None
+        )
     return record
 
 
@@ -147,11 +166,21 @@ class Supervisor:
         # once; librdkafka's static members only expire after the session timeout.
         cmd = [sys.executable, "-m", "keyshift", "worker", self.app_ref,
                "--instance-id", slot.instance_id, "--no-static-membership"]
-        if slot.state:
-            cmd += ["--state", slot.state]
         if gate is not None:
             cmd += ["--group-gate", str(gate.path)]
         return cmd + self.worker_args
+
+    def _environment(self, slot: Slot) -> dict[str, str]:
+        """The worker's environment: its state URL and, as peers, every slot's
+        (migrations copy between them), in variables rather than on the command
+        line, where any local user could read their passwords."""
+        env = dict(os.environ)
+        if slot.state:
+            env["KEYSHIFT_STATE"] = slot.state
+        if len(self.states) > 1:
+            given = [p for p in env.get("KEYSHIFT_PEERS", "").split(",") if p]
+            env["KEYSHIFT_PEERS"] = ",".join(dict.fromkeys([*given, *self.states]))
+        return env
 
     def _new_gate(self) -> GroupGate:
         self._gates += 1
@@ -159,7 +188,7 @@ class Supervisor:
 
     def _start(self, slot: Slot, gate: GroupGate | None = None) -> None:
         slot.gate = gate
-        slot.proc = subprocess.Popen(self._command(slot, gate))
+        slot.proc = subprocess.Popen(self._command(slot, gate), env=self._environment(slot))
         slot.started_at = time.monotonic()
         slot.history.append(slot.proc.pid)
         where = f" state={_redact(slot.state)}" if slot.state else ""
@@ -225,7 +254,7 @@ class Supervisor:
                 if len(self.states) > 1 and index >= len(self.states):
                     log.error("no --state URL for slot", extra={"slot": index})
                     continue
-                slot = Slot(index, f"{self.app_id}-{index}", self.state_for(index))
+                slot = Slot(index, slot_instance_id(self.app_id, index), self.state_for(index))
                 self.slots[index] = slot
                 self._start(slot, gate)
                 started.append(slot)
@@ -297,6 +326,15 @@ class Supervisor:
                 if slot.gate is not None and slot.gate.is_leaving(slot.instance_id):
                     slot.gate.let_leave(slot.instance_id)  # stopped by someone else
                 continue
+            if code == InstanceConflict.exit_code:
+                # Another process uses this instance id: restarting would only
+                # fence it (and be fenced by it) in turn.
+                slot.retired = True
+                log.error("worker stopped: its instance id is in use by another process; "
+                          "not restarting it", extra={"instance": slot.instance_id})
+                self._say(f"instance {slot.instance_id} exited: its instance id is in use "
+                          f"elsewhere; not restarted")
+                continue
             backoff = RESTART_BACKOFF_S[min(slot.restarts, len(RESTART_BACKOFF_S) - 1)]
             if time.monotonic() - slot.started_at > 30:
                 slot.restarts = 0
@@ -312,8 +350,17 @@ class Supervisor:
     def run(self) -> int:
         path = run_file(self.app_id)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(orjson.dumps({"pid": os.getpid(), "app": self.app_id,
-                                       "app_ref": self.app_ref, "instances": self.wanted}))
+        lock = _lock(path.with_suffix(".lock"), self.app_id)
+        try:
+            return self._run(path)
+        finally:
+            lock.close()
+
+    def _run(self, path: Path) -> int:
+        staged = path.with_name(path.name + ".tmp")
+        staged.write_bytes(orjson.dumps({"pid": os.getpid(), "app": self.app_id,
+                                         "app_ref": self.app_ref, "instances": self.wanted}))
+        staged.replace(path)  # readers see a whole record or none
         scale_file(self.app_id).unlink(missing_ok=True)
         shutil.rmtree(gate_dir(self.app_id), ignore_errors=True)  # a dead supervisor's
         gate_dir(self.app_id).mkdir(parents=True)
@@ -333,6 +380,22 @@ class Supervisor:
             scale_file(self.app_id).unlink(missing_ok=True)
             shutil.rmtree(gate_dir(self.app_id), ignore_errors=True)
         return 0
+
+
+def _lock(path: Path, app_id: str) -> IO[bytes]:
+    """Hold an exclusive lock on ``path`` for as long as the returned file is open;
+    one supervisor per app and ``KEYSHIFT_HOME`` (a second one would overwrite
+    the first one's files)."""
+    handle = path.open("ab")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise KeyshiftError(
+            f"another `keyshift run` of app {app_id!r} is running on this host (lock "
+            f"{path}); stop it, or scale it with `keyshift scale`"
+        ) from None
+    return handle
 
 
 def _await(slots: list[Slot], done: Callable[[Slot], bool], timeout_s: float, *,

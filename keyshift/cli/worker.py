@@ -15,7 +15,7 @@ import click
 
 from keyshift.app.group_gate import GroupGate
 from keyshift.cli.loader import load_app
-from keyshift.errors import KeyshiftError
+from keyshift.errors import InstanceConflict, KeyshiftError
 from keyshift.logs import setup_logging
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -117,6 +117,9 @@ def worker(
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
         runner.run()
+    except InstanceConflict as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(InstanceConflict.exit_code)  # the supervisor does not restart it
     except KeyshiftError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)

@@ -16,8 +16,8 @@ from typing import Any
 
 from keyshift.dev.paths import kafka_dist_dir
 from keyshift.dev.ports import HOST, port_open
-from keyshift.dev.procs import tail
 from keyshift.errors import SandboxError
+from keyshift.procs import tail
 
 log = logging.getLogger("keyshift.dev")
 

@@ -10,8 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from keyshift.dev.ports import HOST
-from keyshift.dev.procs import cmdline, process_alive, tail
 from keyshift.errors import SandboxError
+from keyshift.procs import cmdline, process_alive, tail
 
 log = logging.getLogger("keyshift.dev")
 

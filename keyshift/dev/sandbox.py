@@ -35,8 +35,8 @@ from keyshift.dev import kafka, redis_server
 from keyshift.dev.kafka import DEFAULT_VERSION, KafkaNode
 from keyshift.dev.paths import env_file, run_dir
 from keyshift.dev.ports import assign_ports, port_in_use, port_open
-from keyshift.dev.procs import owned_pid, read_pid, spawn_detached, stop_pids, write_pid
 from keyshift.errors import SandboxError
+from keyshift.procs import owned_pid, read_pid, spawn_detached, stop_pids, write_pid
 
 log = logging.getLogger("keyshift.dev")
 

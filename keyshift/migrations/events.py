@@ -71,10 +71,9 @@ class MigrationEvent:
 
     def ready(self, idle_s: float = 30.0) -> bool:
         """Finished, and its first record processed (or none came for ``idle_s``
-        after the assignment; the event then has no pause). Generous, because
-        the restores of one assignment run one after another: a replayed task's
-        first record can come many seconds after its own restore (with 5 s,
-        13 of 24 replay moves of one benchmark run went out without a pause)."""
+        after the assignment; the event then has no pause). Generous, because a
+        task's first record waits for every changelog tail of its assignment
+        (they are applied one after another) and for input to arrive."""
         if self.emitted or self.duration_ms is None:
             return False
         return self.first_record_ms is not None or now_ms() - self.assigned_ms > idle_s * 1000
@@ -89,9 +88,9 @@ class MigrationEvent:
 class EventLog:
     """Publishes migration events."""
 
-    def __init__(self, topic: str, producer_conf: dict[str, object]) -> None:
+    def __init__(self, topic: str, producer: Producer) -> None:
         self.topic = topic
-        self._producer = Producer(producer_conf)
+        self._producer = producer
 
     def emit(self, event: MigrationEvent) -> None:
         event.emitted = True

@@ -1,23 +1,31 @@
 """Rebuild a store partition from its changelog, from the backend's stamp to the end.
 
-Only records followed by a marker are applied; the backend is written in
+Only records followed by a marker are applied (see :mod:`keyshift.state.changelog`
+for what a marker is and which records it covers); the backend is written in
 chunks at marker boundaries, each chunk with the marker's stamp, so an
 interrupted replay resumes where it stopped.
+
+A replay also reports the keys of *orphaned* records: records of a commit whose
+marker never landed. They sit in the changelog after the last marker, and a
+later commit's marker would cover them; the new owner re-commits those keys
+with their restored values (:meth:`~keyshift.state.table.Table.recommit`), so
+the latest changelog record of every key is right again, also after compaction
+removed the markers in between.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
-from keyshift.errors import BrokerError
+from keyshift.errors import BrokerError, StateError
 from keyshift.polling import consume_available
 from keyshift.retry import DEFAULT_RETRY, Retry
 from keyshift.state.base import Stamp, StorePartition
-from keyshift.state.changelog import MARKER_KEY
+from keyshift.state.changelog import MARKER_KEY, has_marker_header
 
 log = logging.getLogger("keyshift.migrations.replay")
 
@@ -27,10 +35,125 @@ PROGRESS_EVERY_S = 1.0
 
 @dataclass(frozen=True, slots=True)
 class ReplayResult:
+    """What a replay applied.
+
+    Attributes:
+        stamp: the stamp the backend holds now (None: no marker was ever seen).
+        records: changelog records read.
+        keys_written: keys written to the backend.
+        seconds: how long it took.
+        orphans: keys of records no marker covers (a commit cut short); the
+            caller re-commits them (see the module docstring).
+        deleted: keys the applied records deleted (a progressive copy must
+            delete them at its sources too, or they come back).
+    """
+
     stamp: Stamp | None
     records: int
     keys_written: int
     seconds: float
+    orphans: frozenset[bytes] = frozenset()
+    deleted: frozenset[bytes] = frozenset()
+
+
+@dataclass
+class ChangelogApplier:
+    """Applies changelog records, in offset order, to a backend.
+
+    ``feed`` takes records one by one; ``finish`` writes what is left. Kept
+    apart from the Kafka loop so the rules can be tested record by record.
+    """
+
+    backend: StorePartition
+    stamp: Stamp | None
+    epoch: int
+    where: str = ""
+    write_every: int = WRITE_EVERY
+    records: int = 0
+    written: int = 0
+    skipped_markers: int = 0
+    _pending: list[Message] = field(default_factory=list)
+    _applied: dict[bytes, bytes | None] = field(default_factory=dict)
+    _orphans: set[bytes] = field(default_factory=set)
+    _deleted: set[bytes] = field(default_factory=set)
+    # A marker with the header was seen: header-less ones are forged from here on.
+    _headers_seen: bool = False
+    # A marker was seen in this replay: records after it are known to follow a marker.
+    _marker_seen: bool = False
+
+    def __post_init__(self) -> None:
+        self._top_epoch = 0 if self.stamp is None else self.stamp.epoch
+
+    def feed(self, msg: Message) -> None:
+        self.records += 1
+        if msg.key() == MARKER_KEY:
+            # The reserved key is never data (check_state_key): a record with it
+            # that is not a marker to trust is skipped.
+            marker = self._marker(msg)
+            if marker is not None:
+                self._on_marker(msg, marker)
+            return
+        self._pending.append(msg)
+
+    def _marker(self, msg: Message) -> Stamp | None:
+        """The record's stamp if it is a marker to trust, else None."""
+        headered = has_marker_header(msg.headers())
+        if not headered and self._headers_seen:
+            self._skip(msg, "a marker without the marker header after one with it")
+            return None
+        try:
+            marker = Stamp.decode(msg.value())
+        except StateError as exc:
+            self._skip(msg, str(exc))
+            return None
+        if headered:
+            self._headers_seen = True
+        return marker
+
+    def _skip(self, msg: Message, why: str) -> None:
+        self.skipped_markers += 1
+        log.warning("skipping a changelog record with the marker key",
+                    extra={"where": self.where, "offset": msg.offset(), "reason": why})
+
+    def _on_marker(self, msg: Message, marker: Stamp) -> None:
+        pending, self._pending = self._pending, []
+        if marker.epoch < self._top_epoch:
+            # A fenced zombie's commit, written after a newer owner took over.
+            self._orphans.update(m.key() for m in pending)
+            return
+        self._top_epoch = marker.epoch
+        bound = marker.first_offset
+        applied = self._applied
+        for m in pending:
+            if self._marker_seen and m.offset() < bound:
+                # Between the last marker and this commit's first record: a commit
+                # that never got its marker. (Before the first marker seen the
+                # earlier markers may have been compacted away: apply.)
+                self._orphans.add(m.key())
+            else:
+                applied[m.key()] = m.value()
+        self._marker_seen = True
+        self.stamp = replace(marker, changelog_offset=msg.offset() + 1)
+        if len(applied) >= self.write_every:
+            self._write()
+
+    def _write(self) -> None:
+        assert self.stamp is not None
+        applied = self._applied
+        self.backend.commit(applied, replace(self.stamp, epoch=self.epoch, first_offset=-1),
+                            self.epoch)
+        self.written += len(applied)
+        self._deleted.update(k for k, v in applied.items() if v is None)
+        self._deleted.difference_update(k for k, v in applied.items() if v is not None)
+        self._applied = {}
+
+    def finish(self) -> tuple[frozenset[bytes], frozenset[bytes]]:
+        """Write what the last marker covers; returns ``(orphans, deleted)``."""
+        if self.stamp is not None and (self._applied or self.records):
+            self._write()
+        self._orphans.update(m.key() for m in self._pending)
+        self._pending = []
+        return frozenset(self._orphans), frozenset(self._deleted)
 
 
 def replay_changelog(
@@ -71,10 +194,7 @@ def replay_changelog(
         return ReplayResult(stamp, 0, 0, time.monotonic() - started)
 
     consumer.assign([TopicPartition(topic, partition, start)])
-    pending: dict[bytes, bytes | None] = {}
-    applied: dict[bytes, bytes | None] = {}
-    records = written = 0
-    top_epoch = 0 if stamp is None else stamp.epoch
+    applier = ChangelogApplier(backend, stamp, epoch, where=f"{topic}[{partition}]")
     last_log = time.monotonic()
     deadline = started + timeout_s
     try:
@@ -83,7 +203,7 @@ def replay_changelog(
             if time.monotonic() > deadline:
                 raise BrokerError(
                     f"changelog replay of {topic}[{partition}] did not reach the end "
-                    f"within {timeout_s:.0f}s (at {records} records)"
+                    f"within {timeout_s:.0f}s (at {applier.records} records)"
                 )
             for msg in consume_available(consumer, 10_000, 0.5):
                 err = msg.error()
@@ -92,41 +212,24 @@ def replay_changelog(
                         done = True
                         continue
                     raise BrokerError(f"changelog replay of {topic}[{partition}]: {err}")
-                records += 1
-                key = msg.key()
-                if key == MARKER_KEY:
-                    marker = Stamp.decode(msg.value())
-                    if marker.epoch < top_epoch:
-                        # A fenced zombie's commit, written after a newer owner took over.
-                        pending.clear()
-                        continue
-                    top_epoch = marker.epoch
-                    applied.update(pending)
-                    pending.clear()
-                    stamp = replace(marker, changelog_offset=msg.offset() + 1)
-                    if len(applied) >= WRITE_EVERY:
-                        backend.commit(applied, replace(stamp, epoch=epoch), epoch)
-                        written += len(applied)
-                        applied.clear()
-                else:
-                    pending[key] = msg.value()
+                applier.feed(msg)
             now = time.monotonic()
             if now - last_log >= PROGRESS_EVERY_S:
                 last_log = now
                 log.info(
                     "replaying changelog",
-                    extra={"topic": topic, "partition": partition, "records": records,
+                    extra={"topic": topic, "partition": partition, "records": applier.records,
                            "end": high, "start": start},
                 )
-        if stamp is not None and (applied or records):
-            backend.commit(applied, replace(stamp, epoch=epoch), epoch)
-            written += len(applied)
+        orphans, deleted = applier.finish()
     finally:
         consumer.unassign()
     seconds = time.monotonic() - started
     log.info(
         "changelog replayed",
-        extra={"topic": topic, "partition": partition, "records": records,
-               "keys_written": written, "seconds": round(seconds, 3)},
+        extra={"topic": topic, "partition": partition, "records": applier.records,
+               "keys_written": applier.written, "orphans": len(orphans),
+               "seconds": round(seconds, 3)},
     )
-    return ReplayResult(stamp, records, written, seconds)
+    return ReplayResult(applier.stamp, applier.records, applier.written, seconds,
+                        orphans, deleted)

@@ -29,7 +29,7 @@ from keyshift.migrations.replay import replay_changelog
 from keyshift.migrations.transfer import ProgressiveCopy, stop_and_copy
 from keyshift.state.base import Stamp, Store, StorePartition
 from keyshift.state.redis.store import RedisStore, redact
-from keyshift.state.table import Table
+from keyshift.state.table import DEFAULT_MAX_RECORD_BYTES, Table
 
 log = logging.getLogger("keyshift.migrations.restore")
 
@@ -86,20 +86,26 @@ class Restorer:
         restore_consumer: Callable[[], Consumer],
         instance: str,
         changelog_topic: Callable[[str], str],
+        *,
+        max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+        sources: Callable[[str], Store] | None = None,
     ) -> None:
         self.settings = settings
+        self.max_record_bytes = max_record_bytes
+        # Opens another instance's state (a migration source) by its URL.
+        self._open_source = sources or (lambda url: RedisStore(url, timeout_s=5.0))
         self.local = local
         self.locations = locations
         self.restore_consumer = restore_consumer
         self.instance = instance
         self.changelog_topic = changelog_topic
-        scheme = settings.state.split("://", 1)[0]
-        # memory:// state is private to a process: never "the same place" as another's.
+        # ``memory://`` without a name is private to this worker: never "the same
+        # place" as another's. A named ``memory://name`` store is that name's.
         self.local_url = (
-            f"memory://{instance}" if scheme == "memory" else redact(settings.state)
+            f"memory://{instance}" if settings.state == "memory://" else redact(settings.state)
         )
         self._peers = {redact(u): u for u in (*settings.peers, settings.state)}
-        self._sources: dict[str, RedisStore] = {}
+        self._sources: dict[str, Store] = {}
         self._sources_lock = threading.Lock()  # restores of one assignment share them
         self._answered: dict[str, float] = {}  # URL -> when it last answered a ping
         #: Tasks whose aside copy in the local Redis no chain reads any more.
@@ -107,25 +113,39 @@ class Restorer:
 
     # -- source resolution --------------------------------------------------------
     def resolve(self, url: str) -> str | None:
-        """A connectable URL for a published (secret-free) one, from local config only."""
-        if url in self._peers:
-            return self._peers[url]
-        if "***" in url or url.startswith("memory://"):
-            return None
-        return url
+        """A connectable URL for a published (secret-free) one: this instance's own
+        state URL or one of ``peers``, with their credentials. Any other server a
+        location names is never connected to (the state is replayed from the
+        changelog instead): the locations topic is not trusted to pick servers."""
+        return self._peers.get(url)
 
-    def _source(self, url: str) -> RedisStore:
+    def _source(self, url: str) -> Store:
         with self._sources_lock:
             store = self._sources.get(url)
             if store is None:
-                store = RedisStore(url, timeout_s=5.0)
+                store = self._open_source(url)
                 self._sources[url] = store
             return store
 
-    def _partition(self, url: str, store: str, partition: int) -> StorePartition:
-        """A source partition by chain URL (``#aside``: that Redis's aside copy)."""
+    def _partition(self, url: str, store: str, partition: int,
+                   move_tag: str | None = None) -> StorePartition:
+        """A source partition by chain URL (``#aside``: that Redis's aside copy).
+
+        ``move_tag`` names the location a chained copy plans from. A live link
+        whose data was set aside under that tag (its instance began this same
+        move and died before publishing the location naming its aside copy) is
+        read from the aside copy, where its keys are now.
+        """
         base, aside = split_aside(url)
-        return self._source(base).partition(self.settings.app_id, store, partition, aside=aside)
+        source = self._source(base)
+        app = self.settings.app_id
+        if not aside and move_tag is not None:
+            set_aside = source.partition(app, store, partition, aside=True)
+            if set_aside.aside_tag() == move_tag:
+                log.info("chain link was set aside for this move; reading its aside copy",
+                         extra={"url": redact(base), "task": f"{store}[{partition}]"})
+                return set_aside
+        return source.partition(app, store, partition, aside=aside)
 
     def warm_up(self) -> int:
         """Connect ahead of time to the Redis servers the first restores will
@@ -213,11 +233,12 @@ class Restorer:
             local.clear_data()
         if not decision.set_aside and not self._reads_local_aside(decision):
             self._stale_asides.append((store, partition))
+        move_tag = None if location is None else f"{location.instance}@{location.epoch}"
         if decision.set_aside:
-            assert location is not None
             # Tagged by the move (the location it starts from): a retry of this
-            # restore after a crash keeps the aside copy instead of emptying it.
-            local.set_aside(f"{location.instance}@{location.epoch}")
+            # restore after a crash keeps the aside copy instead of emptying it,
+            # and another instance planning from the same location reads it.
+            local.set_aside(move_tag or "")
         clock.lap("claim")
         event = MigrationEvent(
             app=app, store=store, partition=partition, strategy=decision.strategy,
@@ -236,7 +257,8 @@ class Restorer:
         elif decision.strategy == "progressive":
             assert decision.source_url is not None
             source = self._partition(decision.source_url, store, partition)
-            origins = [self._partition(url, store, partition) for url in decision.origin_urls]
+            origins = [self._partition(url, store, partition, move_tag)
+                       for url in decision.origin_urls]
             copy, stamp = ProgressiveCopy.begin(source, local, epoch, self.instance,
                                                 resume=decision.resume, what=what, origins=origins)
         else:
@@ -255,12 +277,21 @@ class Restorer:
                                   partition, local, moved.stamp, epoch, end=end,
                                   read_committed=self.settings.exactly_once)
         event.tail_records = result.records
+        if copy is not None and result.deleted:
+            # Deleted in the tail: delete at the sources too, or the on-demand
+            # fetch and the background copy would bring the old values back.
+            copy.forget(sorted(result.deleted))
         clock.lap("tail")
         if result.stamp is not None:
             event.previous_record_ms = max(event.previous_record_ms, result.stamp.ts_ms)
-        table = Table(local, max_entries=self.settings.cache_max_entries)
+        table = Table(local, max_entries=self.settings.cache_max_entries,
+                      max_record_bytes=self.max_record_bytes)
         table.adopt(result.stamp, epoch)
         table.source = copy
+        if result.orphans:
+            # Changelog records no marker covers: write those keys again with
+            # their restored values, so no later marker can cover the orphans.
+            table.recommit(result.orphans)
         self.locations.publish(Location(
             store, partition, self.instance, self.local_url, epoch,
             complete=copy is None,

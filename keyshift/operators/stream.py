@@ -67,7 +67,7 @@ class Stream:
     ) -> Stream:
         """Re-key by ``fn(value)``; records go through an internal repartition topic.
 
-        The topic is ``<app>-<name>-repartition`` (``name`` defaults to
+        The topic is ``<app>--<name>-repartition`` (``name`` defaults to
         ``keyby-<n>``) with as many partitions as this stream's source unless
         ``partitions`` is given.
         """

@@ -98,24 +98,32 @@ class Topology:
             raise TopologyError(f"store {store!r} is used by two operators; names must be unique")
         self._store_owner[store] = sub
 
+    # Internal topics are named ``<app>--<suffix>``. App ids contain no ``--`` and
+    # do not end with ``-`` (Settings checks), so the first ``--`` of a name ends
+    # its app id, and two apps never share an internal topic (with one dash,
+    # app ``a`` + store ``b-c`` and app ``a-b`` + store ``c`` would). The
+    # suffixes differ by their endings, so one app's topics never collide either.
+    def internal_topic(self, suffix: str) -> str:
+        return f"{self.app_id}--{suffix}"
+
     def next_repartition_topic(self, name: str | None) -> str:
         self._keyby_count += 1
-        return f"{self.app_id}-{name or f'keyby-{self._keyby_count}'}-repartition"
+        return self.internal_topic(f"{name or f'keyby-{self._keyby_count}'}-repartition")
 
     def changelog_topic(self, store: str) -> str:
-        return f"{self.app_id}-{store}-changelog"
+        return self.internal_topic(f"{store}-changelog")
 
     @property
     def dlq_topic(self) -> str:
-        return f"{self.app_id}-dlq"
+        return self.internal_topic("dlq")
 
     @property
     def locations_topic(self) -> str:
-        return f"{self.app_id}-state-locations"
+        return self.internal_topic("state-locations")
 
     @property
     def events_topic(self) -> str:
-        return f"{self.app_id}-events"
+        return self.internal_topic("events")
 
     def store_names(self) -> list[str]:
         return list(self._store_owner)

@@ -31,6 +31,10 @@ class Stamp:
         epoch: owner epoch of the instance that wrote the stamp.
         ts_ms: wall-clock time the last record it reflects was processed (the
             start of a migration's pause).
+        first_offset: in a changelog marker, the offset of the first changelog
+            record of the marker's commit on that partition; -1 when unknown (a
+            commit with no record there, exactly-once, or a marker written
+            before this field existed). See :mod:`keyshift.state.changelog`.
     """
 
     input_offset: int
@@ -38,6 +42,7 @@ class Stamp:
     upstream: Mapping[int, tuple[int, int]] = field(default_factory=dict)
     epoch: int = 0
     ts_ms: int = 0
+    first_offset: int = -1
 
     def encode(self) -> bytes:
         return orjson.dumps(
@@ -47,22 +52,46 @@ class Stamp:
                 "up": {str(u): list(pos) for u, pos in self.upstream.items()},
                 "ep": self.epoch,
                 "ts": self.ts_ms,
+                "fo": self.first_offset,
             }
         )
 
     @classmethod
-    def decode(cls, data: bytes) -> Stamp:
+    def decode(cls, data: bytes | None) -> Stamp:
+        """Parse an encoded stamp; anything but the exact shape :meth:`encode`
+        writes (integers, not floats or booleans) is refused.
+
+        Raises:
+            StateError: ``data`` is not a stamp.
+        """
         try:
-            raw = orjson.loads(data)
+            raw = orjson.loads(data or b"")
+            if not isinstance(raw, dict):
+                raise TypeError("not a JSON object")
+            up = raw.get("up", {})
+            if not isinstance(up, dict):
+                raise TypeError("'up' is not an object")
+            upstream = {}
+            for u, pos in up.items():
+                if not isinstance(pos, list) or len(pos) != 2:
+                    raise TypeError(f"upstream {u!r} is not [offset, index]")
+                upstream[int(u)] = (_int(pos[0], "up"), _int(pos[1], "up"))
             return cls(
-                input_offset=int(raw["in"]),
-                changelog_offset=int(raw["cl"]),
-                upstream={int(u): (int(p[0]), int(p[1])) for u, p in raw.get("up", {}).items()},
-                epoch=int(raw.get("ep", 0)),
-                ts_ms=int(raw.get("ts", 0)),
+                input_offset=_int(raw["in"], "in"),
+                changelog_offset=_int(raw["cl"], "cl"),
+                upstream=upstream,
+                epoch=_int(raw.get("ep", 0), "ep"),
+                ts_ms=_int(raw.get("ts", 0), "ts"),
+                first_offset=_int(raw.get("fo", -1), "fo"),
             )
-        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
-            raise StateError(f"corrupt state stamp {data!r}: {exc}") from exc
+        except (KeyError, TypeError, ValueError, orjson.JSONDecodeError) as exc:
+            raise StateError(f"corrupt state stamp {data!r:.200}: {exc}") from exc
+
+
+def _int(value: object, name: str) -> int:
+    if type(value) is not int:
+        raise TypeError(f"{name!r} is not an integer: {value!r:.50}")
+    return value
 
 
 class StorePartition(Protocol):
@@ -117,6 +146,10 @@ class StorePartition(Protocol):
         """
         ...
 
+    def aside_tag(self) -> str | None:
+        """On an aside copy: the tag of the move that made it (None if none)."""
+        ...
+
     def drop_keys(self, keys: Sequence[bytes]) -> None:
         """Delete keys without fencing (used on a fenced migration source)."""
         ...
@@ -139,5 +172,13 @@ class Store(Protocol):
 
     def partition(self, app_id: str, store: str, partition: int, *,
                   aside: bool = False) -> StorePartition: ...
+
+    def ping(self) -> None:
+        """Check the backend answers.
+
+        Raises:
+            StateError: it does not.
+        """
+        ...
 
     def close(self) -> None: ...

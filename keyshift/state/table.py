@@ -14,11 +14,18 @@ from typing import Any, Protocol
 
 import orjson
 
-from keyshift.errors import StateError
+from keyshift.errors import SerializationError, StateError
 from keyshift.operators.stream import MISSING
 from keyshift.state.base import Stamp, StorePartition
+from keyshift.state.changelog import check_state_key
 
 _NOT_LOADED: Any = object()
+
+#: Largest changelog record (key + value) a table accepts by default: librdkafka's
+#: default ``message.max.bytes`` (1,000,000) less room for the record's overhead.
+DEFAULT_MAX_RECORD_BYTES = 1_000_000 - 128
+# orjson encodes integers in [-2**63, 2**64); others raise.
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
 
 
 class RemoteSource(Protocol):
@@ -42,14 +49,18 @@ def decode_value(data: bytes | None) -> Any:
 class Table:
     """Cached, dirty-tracking access to one store partition."""
 
-    def __init__(self, backend: StorePartition, *, max_entries: int = 200_000) -> None:
+    def __init__(self, backend: StorePartition, *, max_entries: int = 200_000,
+                 max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> None:
         self.backend = backend
         self.max_entries = max_entries
+        self.max_record_bytes = max_record_bytes
         self.epoch = 0
         self.stamp: Stamp | None = None
         self.resume_offset = -1
         self._cache: dict[bytes, Any] = {}
         self._dirty: set[bytes] = set()
+        # Encoded values of dirty keys, made by put() (see there).
+        self._encoded: dict[bytes, bytes] = {}
         self.source: RemoteSource | None = None
         self._fills: dict[bytes, bytes] = {}
         self.read_seconds = 0.0  # waiting for the backend's reads
@@ -102,10 +113,56 @@ class Table:
         return value
 
     def put(self, key: bytes | None, value: Any) -> None:
+        """Set ``key``'s value (None or MISSING deletes it).
+
+        A value that cannot reach the changelog is refused here, before the
+        state changes, so the record that produced it goes to the dead-letter
+        topic instead of failing every later commit: the reserved marker key,
+        a value orjson cannot encode (too deep, an integer beyond 64 bits, a
+        lone surrogate, an unknown type) and a key plus value larger than
+        ``max_record_bytes``. Values other than numbers are encoded here once,
+        and the commit reuses that encoding: a value must not be changed in
+        place after it was put.
+
+        Raises:
+            SerializationError: the key or value cannot be committed.
+        """
         if key is None:
             return
+        if len(key) > self.max_record_bytes:
+            raise SerializationError(f"state key of {len(key)} bytes is larger than the "
+                                     f"largest changelog record ({self.max_record_bytes})")
+        check_state_key(key)
+        cls = value.__class__
+        if cls is int:
+            if not _INT_MIN <= value <= _INT_MAX:
+                raise SerializationError(f"state value {value} does not fit in 64 bits")
+            self._encoded.pop(key, None)
+        elif value is None or value is MISSING or cls is float or cls is bool:
+            self._encoded.pop(key, None)
+        else:
+            self._encoded[key] = self._encode(key, value)
         self._cache[key] = MISSING if value is None else value
         self._dirty.add(key)
+
+    def _encode(self, key: bytes, value: Any) -> bytes:
+        try:
+            raw = orjson.dumps(value)
+        except TypeError as exc:  # orjson.JSONEncodeError is a TypeError
+            raise SerializationError(f"state value cannot be encoded: {exc}") from exc
+        if len(raw) + len(key) > self.max_record_bytes:
+            raise SerializationError(
+                f"state value of {len(raw)} bytes (key {len(key)} bytes) is larger than the "
+                f"largest changelog record ({self.max_record_bytes} bytes)")
+        return raw
+
+    def recommit(self, keys: Iterable[bytes]) -> None:
+        """Mark ``keys`` changed with their current values, so the next commit
+        writes them to the changelog again (a restore found orphaned changelog
+        records of theirs; see :mod:`keyshift.migrations.replay`)."""
+        wanted = list(keys)
+        self.prefetch(wanted)
+        self._dirty.update(wanted)
 
     def load(self, changes: dict[bytes, bytes | None]) -> None:
         """Apply already-committed changes (changelog replay) to the cache."""
@@ -118,8 +175,8 @@ class Table:
 
     def take_changes(self) -> dict[bytes, bytes | None]:
         """The encoded latest value of every key changed since the last commit."""
-        cache = self._cache
-        return {k: encode_value(cache[k]) for k in self._dirty}
+        cache, encoded = self._cache, self._encoded
+        return {k: encoded[k] if k in encoded else encode_value(cache[k]) for k in self._dirty}
 
     def take_fills(self) -> dict[bytes, bytes]:
         """Keys fetched from a migration source: written locally, not to the changelog."""
@@ -146,6 +203,7 @@ class Table:
     def committed(self, stamp: Stamp) -> None:
         """The changes taken are durable; evict the cache if it grew too large."""
         self._dirty.clear()
+        self._encoded.clear()
         self.stamp = stamp
         if len(self._cache) > self.max_entries:
             self._cache.clear()
@@ -174,6 +232,7 @@ class Table:
     def _drop_cache(self) -> None:
         self._cache.clear()
         self._dirty.clear()
+        self._encoded.clear()
         self._fills.clear()
 
     def __len__(self) -> int:
@@ -208,4 +267,21 @@ def write_tables(
                                writes[i][0].epoch) for i in indexes])
         for i, error in zip(indexes, errors, strict=True):
             results[i] = error
+    return results
+
+
+def read_owner_epochs(tables: Sequence[Table]) -> list[int]:
+    """The current owner epoch of each table's partition, batched where the backend
+    can (one round trip per Redis server)."""
+    results = [0] * len(tables)
+    batches: dict[Any, list[int]] = {}
+    for i, table in enumerate(tables):
+        batches.setdefault(getattr(type(table.backend), "owner_epoch_many", None), []).append(i)
+    for many, indexes in batches.items():
+        if many is None:
+            for i in indexes:
+                results[i] = tables[i].backend.owner_epoch()
+            continue
+        for i, epoch in zip(indexes, many([tables[i].backend for i in indexes]), strict=True):
+            results[i] = epoch
     return results

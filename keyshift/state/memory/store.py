@@ -15,7 +15,7 @@ class MemoryPartition:
         self.epoch = 0
         self.owner = ""
         self._aside: MemoryPartition | None = None
-        self.aside_tag: str | None = None
+        self.aside_tag_value: str | None = None
 
     @property
     def aside(self) -> MemoryPartition:
@@ -26,11 +26,14 @@ class MemoryPartition:
 
     def set_aside(self, tag: str) -> bool:
         aside = self.aside
-        if aside.aside_tag == tag:
+        if aside.aside_tag_value == tag:
             return False
         aside.data, self.data = self.data, {}
-        aside.aside_tag = tag
+        aside.aside_tag_value = tag
         return True
+
+    def aside_tag(self) -> str | None:
+        return self.aside_tag_value
 
     def claim(self, owner: str, minimum: int = 0) -> int:
         self.epoch = max(self.epoch + 1, minimum)
@@ -90,7 +93,7 @@ class MemoryPartition:
         self.data.clear()
         self.stamp = None
         self.epoch = 0
-        self.aside_tag = None
+        self.aside_tag_value = None
 
 
 class MemoryStore:
@@ -102,6 +105,9 @@ class MemoryStore:
                   aside: bool = False) -> MemoryPartition:
         main = self._partitions.setdefault((app_id, store, partition), MemoryPartition())
         return main.aside if aside else main
+
+    def ping(self) -> None:
+        return None
 
     def close(self) -> None:
         return None

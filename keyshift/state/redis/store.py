@@ -18,12 +18,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, cast
-from urllib.parse import parse_qsl, urlsplit
 
 import redis
 
 from keyshift.errors import FencedError, StateError
 from keyshift.state.base import Stamp
+from keyshift.urls import redact as redact  # re-exported: callers import it from here
 
 CHUNK = 1000
 
@@ -120,7 +120,10 @@ class RedisPartition:
     def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
         if not keys:
             return []
-        return cast("list[bytes | None]", self._r.hmget(self.data_key, list(keys)))
+        try:
+            return cast("list[bytes | None]", self._r.hmget(self.data_key, list(keys)))
+        except redis.RedisError as exc:
+            raise StateError(f"state read from {self.data_key} failed: {exc}") from exc
 
     def commit(self, changes: Mapping[bytes, bytes | None], stamp: Stamp, epoch: int) -> None:
         error = RedisPartition.commit_many([(self, changes, stamp, epoch)])[0]
@@ -187,7 +190,26 @@ class RedisPartition:
         return StateError(f"state write to {self.data_key} failed: {exc}")
 
     def owner_epoch(self) -> int:
-        return int(self._r.hget(self.meta_key, "epoch") or 0)
+        return RedisPartition.owner_epoch_many([self])[0]
+
+    @staticmethod
+    def owner_epoch_many(parts: Sequence[RedisPartition]) -> list[int]:
+        """Owner epochs of several partitions: one round trip per Redis client."""
+        results = [0] * len(parts)
+        by_client: dict[int, list[int]] = {}
+        for i, part in enumerate(parts):
+            by_client.setdefault(id(part._r), []).append(i)
+        for indexes in by_client.values():
+            pipe = parts[indexes[0]]._r.pipeline(transaction=False)
+            for i in indexes:
+                pipe.hget(parts[i].meta_key, "epoch")
+            try:
+                replies = pipe.execute()
+            except redis.RedisError as exc:
+                raise StateError(f"cannot read owner epochs: {exc}") from exc
+            for i, reply in zip(indexes, replies, strict=True):
+                results[i] = int(reply or 0)
+        return results
 
     def copy_missing(self, items: Sequence[tuple[bytes, bytes]], epoch: int) -> int:
         added = 0
@@ -226,6 +248,10 @@ class RedisPartition:
         unless the aside copy was already made under ``tag``."""
         return bool(self._aside_script(keys=[self.data_key, *self._aside_keys], args=[tag]))
 
+    def aside_tag(self) -> str | None:
+        tag = self._r.hget(self.meta_key, "tag")
+        return None if tag is None else cast("bytes", tag).decode()
+
     def clear_data(self) -> None:
         pipe = self._r.pipeline(transaction=True)
         pipe.unlink(self.data_key)  # freed in the background: big hashes do not block
@@ -254,9 +280,11 @@ class RedisStore:
     def __init__(self, url: str, *, timeout_s: float | None = None) -> None:
         self.url = url
         try:
+            # TCP keepalive finds a dead peer on a quiet connection; a Unix socket
+            # connection has no such option.
+            tcp = {} if url.startswith("unix://") else {"socket_keepalive": True}
             self._r = redis.Redis.from_url(
-                url, socket_keepalive=True, socket_connect_timeout=timeout_s or 10.0,
-                socket_timeout=timeout_s,
+                url, socket_connect_timeout=timeout_s or 10.0, socket_timeout=timeout_s, **tcp,
             )
         except ValueError as exc:
             raise StateError(f"bad Redis URL for the 'state' setting: {exc}") from exc
@@ -287,21 +315,3 @@ class RedisStore:
 
     def close(self) -> None:
         self._r.close()
-
-
-def redact(url: str) -> str:
-    """The URL without its password (userinfo or ``?password=``), for logs and topics."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        creds, _, host = netloc.rpartition("@")
-        user = creds.split(":", 1)[0]
-        netloc = f"{user}:***@{host}" if user else f"***@{host}"
-    query = "&".join(
-        f"{k}=***" if k.lower() == "password" else f"{k}={v}"
-        for k, v in parse_qsl(parts.query, keep_blank_values=True)
-    )
-    out = f"{parts.scheme}://{netloc}{parts.path}"
-    if query:
-        out += f"?{query}"
-    return out + (f"#{parts.fragment}" if parts.fragment else "")

@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from confluent_kafka import (
     Consumer,
@@ -25,11 +27,12 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
-from keyshift.config import Settings
+from keyshift.config import DEFAULT_TRANSACTION_TIMEOUT_MS, Settings
 from keyshift.errors import BrokerError, ConfigError, TopologyError
 from keyshift.operators.topology import Topology
 from keyshift.polling import consume_available
 from keyshift.retry import DEFAULT_RETRY, Retry
+from keyshift.runtime.producer import DEFAULT_MESSAGE_MAX_BYTES, RECORD_OVERHEAD
 
 log = logging.getLogger("keyshift.kafka")
 
@@ -113,7 +116,7 @@ def producer_config(settings: Settings, transactional_id: str | None) -> dict[st
     }
     if transactional_id is not None:
         config["transactional.id"] = transactional_id
-        config["transaction.timeout.ms"] = 10_000
+        config["transaction.timeout.ms"] = DEFAULT_TRANSACTION_TIMEOUT_MS
     config.update(settings.client_config())
     return config
 
@@ -244,9 +247,39 @@ class TopicSpec:
 class TopicManager:
     """Checks source topics and creates internal and sink topics."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings,
+                 admin: Callable[[dict[str, Any]], AdminClient] = AdminClient) -> None:
         self.settings = settings
-        self.admin = AdminClient(settings.client_config())
+        self.admin = admin(settings.client_config())
+        raw = settings.kafka.get("message.max.bytes", DEFAULT_MESSAGE_MAX_BYTES)
+        try:
+            producer_max = int(raw)
+        except ValueError:
+            raise ConfigError("kafka.message.max.bytes", f"{raw!r} is not an integer") from None
+        #: The largest record the producer sends, less room for its overhead.
+        self.default_limit = producer_max - RECORD_OVERHEAD
+
+    def record_limits(self, topology: Topology, timeout_s: float = 15.0) -> dict[str, int]:
+        """Per topic the app produces to (sinks, repartition topics, the DLQ), the
+        largest record it takes: the smaller of its ``max.message.bytes`` and the
+        producer's ``message.max.bytes``, less room for the record's overhead."""
+        names = {sink for sub in topology.subtopologies for sink in sub.sinks()}
+        names |= {t for sub in topology.subtopologies for t in sub.repartition_topics()}
+        names.add(topology.dlq_topic)
+        resources = [ConfigResource(ResourceType.TOPIC, name) for name in sorted(names)]
+        limits: dict[str, int] = {}
+        try:
+            futures = self.admin.describe_configs(resources, request_timeout=timeout_s)
+            for resource, future in futures.items():
+                entry = future.result().get("max.message.bytes")
+                if entry is not None and entry.value is not None:
+                    limits[resource.name] = min(
+                        int(entry.value) - RECORD_OVERHEAD, self.default_limit)
+        except KafkaException as exc:
+            # Only a check ahead of sending: the broker still refuses what is too
+            # large, and the record is dead-lettered then.
+            log.warning("cannot read topic size limits", extra={"error": str(exc)})
+        return limits
 
     def partition_counts(self, timeout: float = 15.0) -> dict[str, int]:
         try:

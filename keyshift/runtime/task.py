@@ -9,7 +9,13 @@ from typing import Any
 
 from confluent_kafka import Message
 
-from keyshift.errors import ProcessingError, SerializationError, TransactionAbortable
+from keyshift.errors import (
+    BrokerError,
+    MigrationError,
+    ProcessingError,
+    RecordRejected,
+    StateError,
+)
 from keyshift.operators.compile import compile_subtopology
 from keyshift.operators.record import Record
 from keyshift.operators.topology import SubTopology
@@ -18,6 +24,10 @@ from keyshift.state.changelog import ORIGIN_HEADER
 from keyshift.state.table import Table
 
 _ORIGIN = struct.Struct(">iqi")
+
+#: Errors that are not the record's fault: raised past the record (never
+#: dead-lettered), so the worker stops and the record is processed again later.
+INFRASTRUCTURE_ERRORS = (BrokerError, StateError, MigrationError)
 
 Produce = Callable[[str, bytes | None, bytes | None, int, list[tuple[str, bytes]] | None], None]
 DeadLetter = Callable[[Message, str, BaseException], None]
@@ -93,6 +103,15 @@ class Task:
             return None
         return min(s.input_offset for s in stamps if s is not None)
 
+    def resume_at(self, offset: int) -> None:
+        """Input resumes at ``offset`` (from the restored stamps). The first commit
+        then records it, even before any input: the group offset catches up with
+        the state, and records re-written after a restore (orphans) get their marker."""
+        self.position = offset
+        self._first_offset = offset
+        self.last_processed_ms = max((t.stamp.ts_ms for t in self.tables.values()
+                                      if t.stamp is not None), default=0)
+
     def adopt_upstream(self, stamps: list[Stamp | None]) -> None:
         """Duplicate suppression resumes from the oldest store's view of upstream."""
         if not stamps or any(s is None for s in stamps):
@@ -128,14 +147,19 @@ class Task:
         internal = self.sub.internal
         for msg in msgs:
             offset = msg.offset()
-            if internal and self._is_duplicate(msg, seen):
-                self.duplicates += 1
-                continue
+            if internal:
+                try:
+                    if self._is_duplicate(msg, seen):
+                        self.duplicates += 1
+                        continue
+                except (struct.error, TypeError, ValueError) as exc:
+                    self._dead_letter(msg, "header", exc)
+                    continue
             raw_key = msg.key()
             try:
                 key = kdes(raw_key)
                 value = vdes(msg.value())
-            except SerializationError as exc:
+            except Exception as exc:  # any serde failure is the record's
                 self._dead_letter(msg, "deserialize", exc)
                 continue
             self.offset = offset
@@ -145,14 +169,15 @@ class Task:
             self._emitted = 0
             try:
                 push(key, value)
-            except TransactionAbortable:
-                raise  # not the record's fault: the runtime aborts and rewinds
+            except INFRASTRUCTURE_ERRORS:
+                raise  # not the record's fault (TransactionAbortable is a BrokerError)
             except Exception as exc:
                 if self._raise:
                     raise ProcessingError(
                         f"{self.topic}[{self.partition}]@{offset}: {type(exc).__name__}: {exc}"
                     ) from exc
-                self._dead_letter(msg, "process", exc)
+                self._dead_letter(msg, "produce" if isinstance(exc, RecordRejected) else "process",
+                                  exc)
         self.records_in += len(msgs)
         self.position = msgs[-1].offset() + 1
         self.last_processed_ms = int(time.time() * 1000)
@@ -172,6 +197,7 @@ class Task:
             return False
         for name, raw in headers:
             if name == ORIGIN_HEADER:
+                # A malformed header raises struct.error (dead-lettered by the caller).
                 upstream, offset, index = _ORIGIN.unpack(raw)
                 pos = (offset, index)
                 last = seen.get(upstream)

@@ -1,4 +1,4 @@
-"""Process helpers for the sandbox: PID files, /proc checks, detached spawn, stop.
+"""Process helpers: PID files, /proc checks, detached spawn, stop (sandbox and supervisor).
 
 A process counts as *ours* only when its PID file names a live process whose
 command line contains the expected markers (so a recycled PID or someone
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from keyshift.errors import SandboxError
 
-log = logging.getLogger("keyshift.dev")
+log = logging.getLogger("keyshift.procs")
 
 _PROC = Path("/proc")
 

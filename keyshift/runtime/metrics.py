@@ -1,4 +1,4 @@
-"""In-process metrics of a worker (exposed by a later issue)."""
+"""In-process metrics of a worker."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ class Metrics:
     records_in: int = 0
     records_out: int = 0
     dead_letters: int = 0
+    dead_letters_dropped: int = 0  # refused even by the dead-letter topic
+    fenced_tasks: int = 0
     duplicates_dropped: int = 0
     commits: int = 0
     aborted_transactions: int = 0
@@ -34,6 +36,8 @@ class Metrics:
             "records_in": self.records_in,
             "records_out": self.records_out,
             "dead_letters": self.dead_letters,
+            "dead_letters_dropped": self.dead_letters_dropped,
+            "fenced_tasks": self.fenced_tasks,
             "duplicates_dropped": self.duplicates_dropped,
             "commits": self.commits,
             "aborted_transactions": self.aborted_transactions,

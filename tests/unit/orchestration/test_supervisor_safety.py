@@ -1,0 +1,72 @@
+"""The local supervisor's files: a recycled pid is never signalled, one supervisor
+per app, and no secret on a worker's command line."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from keyshift.app.supervisor import Slot, Supervisor, request_scale, run_file, slot_instance_id
+from keyshift.errors import KeyshiftError
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("KEYSHIFT_HOME", str(tmp_path))
+    return tmp_path
+
+
+def test_scale_never_signals_a_process_that_is_not_the_apps_supervisor() -> None:
+    bystander = subprocess.Popen(["sleep", "60"])
+    try:
+        path = run_file("wc")
+        path.parent.mkdir(parents=True)
+        path.write_bytes(orjson.dumps({"pid": bystander.pid, "app_ref": "examples.wc:app"}))
+        with pytest.raises(KeyshiftError, match="no supervisor of app 'wc' is running"):
+            request_scale("wc", 3)
+        time.sleep(0.2)
+        assert bystander.poll() is None  # not signalled
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+def test_a_second_supervisor_of_the_same_app_is_refused() -> None:
+    first = Supervisor("examples.wc:app", "wc", 0, [], [], echo=False)
+    runner = threading.Thread(target=first.run)
+    runner.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not run_file("wc").exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        second = Supervisor("examples.wc:app", "wc", 0, [], [], echo=False)
+        with pytest.raises(KeyshiftError, match="another `keyshift run` of app 'wc'"):
+            second.run()
+        assert run_file("wc").exists()  # the first one's files are untouched
+    finally:
+        first.stop()
+        runner.join(10)
+
+
+def test_state_urls_reach_workers_in_their_environment_not_their_command_line() -> None:
+    states = ["redis://:s3cret@h1:6379/0", "redis://:s3cret@h2:6379/0"]
+    sup = Supervisor("examples.wc:app", "wc", 2, states, [], echo=False)
+    slot = Slot(1, slot_instance_id("wc", 1), sup.state_for(1))
+    command = sup._command(slot)
+    environment = sup._environment(slot)
+    assert not any("s3cret" in arg for arg in command)
+    assert environment["KEYSHIFT_STATE"] == states[1]
+    assert environment["KEYSHIFT_PEERS"].split(",") == states
+
+
+def test_slot_instance_ids_are_unique_per_host() -> None:
+    assert slot_instance_id("wc", 0) != slot_instance_id("wc", 1)
+    assert slot_instance_id("wc", 0).startswith("wc-") and slot_instance_id("wc", 0) != "wc-0"
