@@ -13,8 +13,15 @@ during migrations vs steady state, total migration duration, keys/s moved, and
 whether the final per-key values are exact. Handoff uses one shared Redis; the
 others one Redis per instance (started by this script on free loopback ports).
 
+``--deployment supervised`` (the default) runs the workers under ``keyshift run``
+and scales with ``keyshift scale``; ``--deployment independent`` starts one
+``keyshift worker`` process per instance, each with its own ``KEYSHIFT_HOME``
+(nothing shared but Kafka and the Redis URLs), adds instances by starting
+processes and removes the newest by SIGTERM, as a StatefulSet does.
+
     python bench/migration.py                      # 1M keys (slow: minutes per strategy)
     python bench/migration.py --keys 20000 --step-seconds 5   # smoke
+    python bench/migration.py --deployment independent --strategies handoff,progressive
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import IO
 
 import orjson
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
@@ -131,6 +139,59 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
+class Supervised:
+    """The workers run under ``keyshift run``; steps go through ``keyshift scale``."""
+
+    def __init__(self, ref: str, states: list[str], env: dict[str, str], workdir: Path,
+                 log: IO[bytes], quiet: bool, instances: int) -> None:
+        self.ref, self.env, self.workdir = ref, env, workdir
+        cmd = [sys.executable, "-m", "keyshift", "run", ref, "--instances", str(instances),
+               "--log-level", "WARNING" if quiet else "INFO"]
+        for url in states:
+            cmd += ["--state", url]
+        self.proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=log,
+                                     stderr=subprocess.STDOUT)
+
+    def scale(self, n: int) -> None:
+        subprocess.run([sys.executable, "-m", "keyshift", "scale", self.ref, "--instances",
+                        str(n)], cwd=self.workdir, env=self.env, check=True, capture_output=True)
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(180)
+
+
+class Independent:
+    """One ``keyshift worker`` process per instance, each with its own KEYSHIFT_HOME;
+    a step starts processes or SIGTERMs the newest ones (like a StatefulSet)."""
+
+    def __init__(self, ref: str, states: list[str], env: dict[str, str], workdir: Path,
+                 log: IO[bytes], quiet: bool, instances: int) -> None:
+        self.ref, self.states, self.env, self.workdir, self.log = ref, states, env, workdir, log
+        self.quiet = quiet
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.scale(instances)
+
+    def scale(self, n: int) -> None:
+        while len(self.procs) < n:
+            i = len(self.procs)
+            env = dict(self.env, KEYSHIFT_HOME=str(self.workdir / f"home-w{i}"),
+                       KEYSHIFT_STATE=self.states[i % len(self.states)])
+            self.procs.append(subprocess.Popen(
+                [sys.executable, "-m", "keyshift", "worker", self.ref, "--instance-id", f"w{i}",
+                 "--log-level", "WARNING" if self.quiet else "INFO"],
+                cwd=self.workdir, env=env, stdout=self.log, stderr=subprocess.STDOUT))
+        stopping = self.procs[n:]
+        self.procs = self.procs[:n]
+        for proc in stopping:
+            proc.send_signal(signal.SIGTERM)
+        for proc in stopping:
+            proc.wait(120)
+
+    def stop(self) -> None:
+        self.scale(0)
+
+
 def run_strategy(strategy: str, args: argparse.Namespace, urls: list[str], shared: str,
                  workdir: Path) -> dict[str, object]:
     brokers = args.brokers
@@ -144,12 +205,9 @@ def run_strategy(strategy: str, args: argparse.Namespace, urls: list[str], share
     mode = "auto" if strategy in ("handoff", "progressive") else strategy
     env = dict(os.environ, PYTHONPATH=str(workdir), KEYSHIFT_HOME=str(workdir / "home"),
                KEYSHIFT_MIGRATION=mode, KEYSHIFT_BROKERS=brokers,
-               KEYSHIFT_GROUP_PROTOCOL=args.group_protocol)
+               KEYSHIFT_GROUP_PROTOCOL=args.group_protocol, KEYSHIFT_PEERS=",".join(urls),
+               KEYSHIFT_STATIC_MEMBERSHIP=str(args.stable_ids).lower())
     states = [shared] if strategy == "handoff" else urls
-    cmd = [sys.executable, "-m", "keyshift", "run", ref, "--instances", str(args.steps[0]),
-           "--log-level", "INFO" if args.workdir else "WARNING"]
-    for url in states:
-        cmd += ["--state", url]
     pad = "x" * 60
     expected: dict[str, int] = {}
     producer = Producer({"bootstrap.servers": brokers, "linger.ms": 20,
@@ -165,7 +223,9 @@ def run_strategy(strategy: str, args: argparse.Namespace, urls: list[str], share
         expected[key] = expected.get(key, 0) + 1
 
     log = (workdir / f"{app_id}.log").open("wb")
-    sup = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
+    fleet_type = Independent if args.deployment == "independent" else Supervised
+    fleet = fleet_type(ref, states, env, workdir, log, quiet=not args.workdir,
+                       instances=args.steps[0])
     try:
         # 1. build state
         for i in range(args.keys):
@@ -198,8 +258,7 @@ def run_strategy(strategy: str, args: argparse.Namespace, urls: list[str], share
         scale_times = []
         for n in args.steps[1:]:
             scale_times.append(time.time() * 1000)
-            subprocess.run([sys.executable, "-m", "keyshift", "scale", ref, "--instances", str(n)],
-                           cwd=workdir, env=env, check=True, capture_output=True)
+            fleet.scale(n)
             time.sleep(args.step_seconds)
         stop.set()
         feeder.join()
@@ -212,8 +271,7 @@ def run_strategy(strategy: str, args: argparse.Namespace, urls: list[str], share
         probe.stop_flag = True
         probe.join()
     finally:
-        sup.send_signal(signal.SIGTERM)
-        sup.wait(180)
+        fleet.stop()
         log.close()
     final: dict[str, int] = {}
     for key, value, _ in read_all(brokers, sink):
@@ -271,7 +329,11 @@ def main() -> None:
                         default=[1, 2, 4, 2, 1])
     parser.add_argument("--step-seconds", type=float, default=15.0)
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
-    parser.add_argument("--group-protocol", choices=["classic", "consumer"], default="classic")
+    parser.add_argument("--group-protocol", choices=["classic", "consumer"], default="consumer")
+    parser.add_argument("--deployment", choices=["supervised", "independent"],
+                        default="supervised", help="keyshift run, or one process per instance")
+    parser.add_argument("--stable-ids", action="store_true",
+                        help="static group membership (group.instance.id = instance id)")
     parser.add_argument("--workdir", help="keep app modules and worker logs here")
     parser.add_argument("--brokers", default=os.environ.get("KEYSHIFT_BROKERS", "127.0.0.1:9092"))
     args = parser.parse_args()

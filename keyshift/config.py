@@ -220,17 +220,22 @@ class Settings:
             :data:`DEFAULT_TRANSACTION_TIMEOUT_MS`): a transaction stays open for one
             interval, and the broker aborts one open longer than its timeout.
         batch_size: most records taken from Kafka per poll (env ``KEYSHIFT_BATCH_SIZE``).
-        instance_id: stable id of this instance; enables static group membership
-            (env ``KEYSHIFT_INSTANCE_ID``). 1-200 characters of ``[A-Za-z0-9._-]``: it
-            becomes the ``group.instance.id`` (Kafka takes those characters, up to
-            249), part of client and transactional ids, and part of file names.
-        static_membership: use ``instance_id`` as ``group.instance.id`` (KIP-345), so a
-            restart within the session timeout moves nothing. librdkafka's static
-            members never leave the group on close, so a permanent scale-in then
-            waits for the session timeout (env ``KEYSHIFT_STATIC_MEMBERSHIP``).
-        group_protocol: ``classic`` (cooperative-sticky) or ``consumer`` (KIP-848)
+        instance_id: stable id of this instance (env ``KEYSHIFT_INSTANCE_ID``): names
+            it to the other workers, in its client and transactional ids and, with
+            ``static_membership``, as its ``group.instance.id``. 1-200 characters of
+            ``[A-Za-z0-9._-]`` (Kafka takes those characters, up to 249).
+        static_membership: use ``instance_id`` as ``group.instance.id`` (KIP-345): a
+            crashed worker restarted within the session timeout gets its
+            partitions back without a rebalance. A stopped one still hands them
+            over at once under the classic protocol; under ``consumer`` librdkafka
+            cannot make a static member leave for good, so a stop then waits for
+            the session timeout. Off by default: with keyshift's fast migrations a
+            rebalance costs less than that wait (env ``KEYSHIFT_STATIC_MEMBERSHIP``).
+        group_protocol: ``consumer`` (KIP-848, the default: the shortest pauses;
+            the broker must allow keyshift's group configs, see
+            ``docs/deployment.md``) or ``classic`` (cooperative-sticky)
             (env ``KEYSHIFT_GROUP_PROTOCOL``).
-        on_error: ``dlq`` sends bad records to ``<app>-dlq``; ``raise`` stops the worker
+        on_error: ``dlq`` sends bad records to ``<app>--dlq``; ``raise`` stops the worker
             (env ``KEYSHIFT_ON_ERROR``).
         migration: how a task's state reaches a new owner (env ``KEYSHIFT_MIGRATION``).
         cache_max_entries: write-back cache entries kept per task between commits
@@ -254,8 +259,8 @@ class Settings:
     commit_interval_ms: int = 1000
     batch_size: int = 5000
     instance_id: str | None = None
-    static_membership: bool = True
-    group_protocol: GroupProtocol = "classic"
+    static_membership: bool = False
+    group_protocol: GroupProtocol = "consumer"
     on_error: OnError = "dlq"
     migration: Migration = "auto"
     cache_max_entries: int = 200_000
@@ -304,9 +309,9 @@ class Settings:
             commit_interval_ms=commit_interval_ms,
             batch_size=_positive_int("batch_size", pick("batch_size", 5000)),
             instance_id=_instance_id(pick("instance_id", None)),
-            static_membership=_bool("static_membership", pick("static_membership", True)),
+            static_membership=_bool("static_membership", pick("static_membership", False)),
             group_protocol=_choice(  # type: ignore[arg-type]
-                "group_protocol", pick("group_protocol", "classic"), GroupProtocol
+                "group_protocol", pick("group_protocol", "consumer"), GroupProtocol
             ),
             on_error=_choice("on_error", pick("on_error", "dlq"), OnError),  # type: ignore[arg-type]
             migration=_choice("migration", pick("migration", "auto"), Migration),  # type: ignore[arg-type]

@@ -302,7 +302,8 @@ class FakeProducer:
         if partition < 0:
             count = self.cluster.partitions(topic) if topic in self.cluster.logs else 1
             partition = (hash(key) if key is not None else next(self._counter)) % count
-        entry = _Entry(key, value, list(headers) if headers else None, timestamp or 1,
+        entry = _Entry(key, value, list(headers) if headers else None,
+                       timestamp or int(time.time() * 1000),
                        txn=self.txn_id if self._in_txn else None)  # type: ignore[arg-type]
         self._queue.append((topic, partition, entry, on_delivery or self.on_delivery_default))
 
@@ -555,6 +556,28 @@ class FakeConsumer:
             self.positions.pop((tp.topic, tp.partition), None)
             self.paused.discard((tp.topic, tp.partition))
 
+    def offsets_for_times(self, partitions: list[TopicPartition], timeout: float = 0
+                          ) -> list[TopicPartition]:
+        """The first offset at or after each given timestamp (-1: none, the end)."""
+        out = []
+        for tp in partitions:
+            log = self.cluster.logs[tp.topic][tp.partition]
+            found = next((i for i, e in enumerate(log) if e.timestamp >= tp.offset), -1)
+            out.append(TopicPartition(tp.topic, tp.partition, found))
+        return out
+
+    def unsubscribe(self) -> None:
+        """Leave the group (callbacks run now, as librdkafka runs them at the next poll)."""
+        if self._member is not None and not self.life.dead:
+            group = self.cluster.group(self.group_id)
+            held = sorted(k for k, v in group.holders.items() if v is self)
+            if held and self._callbacks.get("revoke"):
+                self._callbacks["revoke"](self, [TopicPartition(t, p) for t, p in held])
+            self.leave()
+
+    def memberid(self) -> str | None:
+        return None if self._member is None else f"member-{id(self)}"
+
     def assignment(self) -> list[TopicPartition]:
         return [TopicPartition(t, p) for t, p in self.positions]
 
@@ -669,6 +692,16 @@ class FakeAdmin:
             future: Future[Any] = Future()
             future.set_result(None)
             out[resource] = future
+        return out
+
+    def describe_consumer_groups(self, group_ids: list[str], **_: Any) -> dict[str, Future[Any]]:
+        out: dict[str, Future[Any]] = {}
+        for group_id in group_ids:
+            future: Future[Any] = Future()
+            members = [SimpleNamespace(client_id=str(m.consumer.config.get("client.id", "")))
+                       for m in self.cluster.group(group_id).members]
+            future.set_result(SimpleNamespace(members=members))
+            out[group_id] = future
         return out
 
     def list_offsets(self, wanted: dict[TopicPartition, Any], isolation_level: Any = None,

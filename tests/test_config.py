@@ -23,7 +23,7 @@ def test_defaults() -> None:
     assert s.commit_interval_ms == 1000
     assert s.batch_size == 5000
     assert s.instance_id is None
-    assert s.group_protocol == "classic"
+    assert s.group_protocol == "consumer"
     assert s.on_error == "dlq"
     assert s.migration == "auto"
     assert s.cache_max_entries == 200_000

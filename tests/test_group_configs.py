@@ -22,7 +22,7 @@ pytestmark = pytest.mark.usefixtures("no_keyshift_env")
 
 @pytest.mark.unit
 def test_defaults_are_the_same_under_both_protocols() -> None:
-    classic = consumer_config(Settings.build("app"))
+    classic = consumer_config(Settings.build("app", group_protocol="classic"), "i")
     assert (classic["session.timeout.ms"], classic["heartbeat.interval.ms"]) == (10_000, 50)
     kip848 = Settings.build("app", group_protocol="consumer")
     assert consumer_group_configs(kip848) == {
@@ -31,15 +31,15 @@ def test_defaults_are_the_same_under_both_protocols() -> None:
         "consumer.heartbeat.interval.ms": "50",
     }
     # librdkafka refuses the classic-only settings under KIP-848.
-    assert "session.timeout.ms" not in consumer_config(kip848)
+    assert "session.timeout.ms" not in consumer_config(kip848, "i")
 
 
 @pytest.mark.unit
 def test_kafka_settings_override_the_timeouts_under_both_protocols() -> None:
     kafka = {"session.timeout.ms": "30000", "heartbeat.interval.ms": "1000"}
-    classic = Settings.build("app", kafka=kafka)
+    classic = Settings.build("app", group_protocol="classic", kafka=kafka)
     assert group_timeouts(classic) == (30_000, 1000)
-    assert consumer_config(classic)["session.timeout.ms"] == "30000"
+    assert consumer_config(classic, "i")["session.timeout.ms"] == "30000"
     kip848 = Settings.build("app", group_protocol="consumer", kafka=kafka)
     configs = consumer_group_configs(kip848)
     assert configs["consumer.session.timeout.ms"] == "30000"
@@ -48,9 +48,13 @@ def test_kafka_settings_override_the_timeouts_under_both_protocols() -> None:
 
 @pytest.mark.unit
 def test_a_timeout_that_is_not_a_number_names_the_setting() -> None:
-    settings = Settings.build("app", kafka={"heartbeat.interval.ms": "fast"})
-    with pytest.raises(ConfigError, match="kafka.heartbeat.interval.ms"):
-        consumer_config(settings)
+    for protocol in ("classic", "consumer"):
+        settings = Settings.build("app", group_protocol=protocol,
+                                  kafka={"heartbeat.interval.ms": "fast"})
+        with pytest.raises(ConfigError, match="kafka.heartbeat.interval.ms"):
+            consumer_config(settings, "i")
+        with pytest.raises(ConfigError, match="kafka.heartbeat.interval.ms"):
+            consumer_group_configs(settings)
 
 
 @pytest.mark.integration

@@ -63,7 +63,7 @@ def test_a_transaction_overtaken_by_a_rebalance_is_aborted_and_redone(
     create_topic(admin, source, 2)
     create_topic(admin, other, 1)
     app = App(app_id, brokers=brokers, state=redis_url, guarantee="exactly_once",
-              commit_interval_ms=200)
+              commit_interval_ms=200, group_protocol="classic")
     (app.stream(source)
         .flat_map(lambda s: s.split())
         .key_by(lambda w: w)

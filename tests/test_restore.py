@@ -55,7 +55,7 @@ def restorer_for(settings: Settings, local: RedisStore,
                  instance: str) -> Iterator[tuple[LocationsView, Restorer]]:
     """A live locations view and a Restorer for ``instance``, closed afterwards."""
     app = settings.app_id
-    view = LocationsView(f"{app}--state-locations", control_consumer_config(settings),
+    view = LocationsView(f"{app}--state-locations", control_consumer_config(settings, "locations"),
                          control_producer_config(settings))
     restore_consumer = Consumer(reader_config({"bootstrap.servers": settings.brokers}, "t"))
     restorer = Restorer(settings, local, view, lambda: restore_consumer, instance,

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from keyshift.app import supervisor
-from keyshift.app.supervisor import Slot, Supervisor
+from keyshift.orchestration import supervisor
+from keyshift.orchestration.supervisor import Slot, Supervisor
 
 pytestmark = pytest.mark.unit
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from keyshift.app.group_gate import GroupGate
 from keyshift.config import Settings
 from keyshift.operators.serdes import Serde, get_serde
 from keyshift.operators.stream import Stream
@@ -65,15 +64,13 @@ class App:
         given.update({k: v for k, v in overrides.items() if v is not None})
         self.settings = Settings.build(self.settings.app_id, **given)
 
-    def worker(self, *, group_gate: GroupGate | None = None,
-               clients: Clients = KAFKA) -> Worker:
+    def worker(self, *, clients: Clients = KAFKA) -> Worker:
         """A worker for this app (call ``run()`` on it, ``stop()`` from elsewhere).
 
-        With ``group_gate`` it subscribes only once the gate opens (see
-        :mod:`keyshift.app.group_gate`). ``clients``: where its Kafka clients and
-        state stores come from (tests pass stand-ins).
+        ``clients``: where its Kafka clients and state stores come from (tests
+        pass stand-ins).
         """
-        return Worker(self.topology, self.settings, group_gate=group_gate, clients=clients)
+        return Worker(self.topology, self.settings, clients=clients)
 
     def run(self) -> None:
         """Run one worker instance in this process until stopped."""

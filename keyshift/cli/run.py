@@ -10,11 +10,11 @@ from types import FrameType
 
 import click
 
-from keyshift.app.supervisor import Supervisor, request_scale
 from keyshift.cli.loader import load_app
 from keyshift.cli.worker import worker_options
 from keyshift.errors import KeyshiftError
 from keyshift.logs import setup_logging
+from keyshift.orchestration.supervisor import Supervisor, request_scale
 
 
 def _passthrough(**flags: object) -> list[str]:

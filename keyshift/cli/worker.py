@@ -7,13 +7,11 @@ import io
 import signal
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
 
 import click
 
-from keyshift.app.group_gate import GroupGate
 from keyshift.cli.loader import load_app
 from keyshift.errors import InstanceConflict, KeyshiftError
 from keyshift.logs import setup_logging
@@ -68,21 +66,13 @@ def _dump_stacks_on_sigusr1() -> None:
 @click.option(
     "--static-membership/--no-static-membership",
     default=None,
-    help="Use --instance-id as group.instance.id [default: yes; env KEYSHIFT_STATIC_MEMBERSHIP].",
-)
-@click.option(
-    "--group-gate",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Used by `keyshift run`: join the group only once this file exists (at most "
-    "60 s), and when stopped, leave it once the supervisor allows (at most 5 s), so "
-    "that the instances one step starts (or stops) join (or leave) together.",
+    help="Use --instance-id as group.instance.id [default: no; env KEYSHIFT_STATIC_MEMBERSHIP].",
 )
 @worker_options
 def worker(
     app_ref: str,
     instance_id: str | None,
     static_membership: bool | None,
-    group_gate: Path | None,
     brokers: str | None,
     state: str | None,
     guarantee: str | None,
@@ -109,7 +99,7 @@ def worker(
             group_protocol=group_protocol,
             commit_interval_ms=commit_interval_ms,
         )
-        runner = app.worker(group_gate=GroupGate(group_gate) if group_gate else None)
+        runner = app.worker()
 
         def on_signal(signum: int, frame: FrameType | None) -> None:
             runner.stop()

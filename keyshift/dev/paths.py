@@ -7,18 +7,11 @@ configs, data, logs, ``state.json`` and the ``env`` file.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-HOME_ENV = "KEYSHIFT_HOME"
+from keyshift.paths import HOME_ENV, keyshift_home
 
-
-def keyshift_home() -> Path:
-    """``$KEYSHIFT_HOME`` or ``~/.cache/keyshift``."""
-    given = os.environ.get(HOME_ENV)
-    if given:
-        return Path(given).expanduser()
-    return Path.home() / ".cache" / "keyshift"
+__all__ = ["HOME_ENV", "env_file", "kafka_dist_dir", "keyshift_home", "run_dir"]
 
 
 def run_dir() -> Path:

@@ -125,6 +125,10 @@ class Topology:
     def events_topic(self) -> str:
         return self.internal_topic("events")
 
+    @property
+    def control_topic(self) -> str:
+        return self.internal_topic("control")
+
     def store_names(self) -> list[str]:
         return list(self._store_owner)
 

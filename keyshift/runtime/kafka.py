@@ -32,6 +32,7 @@ from keyshift.errors import BrokerError, ConfigError, TopologyError
 from keyshift.operators.topology import Topology
 from keyshift.polling import consume_available
 from keyshift.retry import DEFAULT_RETRY, Retry
+from keyshift.runtime.control import RETENTION_MS as CONTROL_RETENTION_MS
 from keyshift.runtime.producer import DEFAULT_MESSAGE_MAX_BYTES, RECORD_OVERHEAD
 
 log = logging.getLogger("keyshift.kafka")
@@ -121,21 +122,25 @@ def producer_config(settings: Settings, transactional_id: str | None) -> dict[st
     return config
 
 
-def consumer_config(settings: Settings) -> dict[str, object]:
+def consumer_config(settings: Settings, instance: str) -> dict[str, object]:
+    """The group consumer's configuration. Its ``client.id`` is ``<app>--<instance>``:
+    the other workers find the group's instances by it (see
+    :func:`keyshift.runtime.coordinator.group_instances`)."""
     config: dict[str, object] = {
         "group.id": settings.app_id,
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",
         "isolation.level": "read_committed" if settings.exactly_once else "read_uncommitted",
-        "client.id": f"{settings.app_id}-{settings.instance_id or 'consumer'}",
+        "client.id": f"{settings.app_id}--{instance}",
         "fetch.wait.max.ms": 100,
         "max.poll.interval.ms": 600_000,
         "group.protocol": settings.group_protocol,
     }
+    timeouts = group_timeouts(settings)  # checked under both protocols
     if settings.group_protocol == "classic":
         config["partition.assignment.strategy"] = "cooperative-sticky"
-        config["session.timeout.ms"], config["heartbeat.interval.ms"] = group_timeouts(settings)
+        config["session.timeout.ms"], config["heartbeat.interval.ms"] = timeouts
     if settings.instance_id and settings.static_membership:
         config["group.instance.id"] = settings.instance_id
     config.update(settings.client_config())
@@ -162,9 +167,9 @@ def reader_config(
     return config
 
 
-def control_consumer_config(settings: Settings) -> dict[str, object]:
-    """A reader of control topics (state locations)."""
-    return reader_config(settings.client_config(), f"{settings.app_id}-control")
+def control_consumer_config(settings: Settings, purpose: str) -> dict[str, object]:
+    """A reader of one of the app's own topics (state locations, control)."""
+    return reader_config(settings.client_config(), f"{settings.app_id}-{purpose}")
 
 
 def control_producer_config(settings: Settings) -> dict[str, object]:
@@ -319,6 +324,8 @@ class TopicManager:
         wanted.append(TopicSpec(topology.dlq_topic, 1, {}))
         wanted.append(TopicSpec(topology.locations_topic, 1, {"cleanup.policy": "compact"}))
         wanted.append(TopicSpec(topology.events_topic, 1, {}))
+        wanted.append(TopicSpec(topology.control_topic, 1, {
+            "cleanup.policy": "delete", "retention.ms": str(CONTROL_RETENTION_MS)}))
         return counts, wanted
 
     def ensure(self, specs: list[TopicSpec], existing: dict[str, int]) -> None:

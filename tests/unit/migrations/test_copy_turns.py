@@ -111,7 +111,7 @@ def moving_here(cluster: FakeCluster, share: float, clock: Clock) -> MigrationTr
     control = clients.producer(control_producer_config(settings))
     locations = LocationsView(
         topology.locations_topic, {}, {},
-        consumer=clients.consumer(control_consumer_config(settings)), producer=control)
+        consumer=clients.consumer(control_consumer_config(settings, "locations")), producer=control)
     locations.catch_up()
     reader = clients.consumer(restore_consumer_config(settings))
     restorer = Restorer(settings, clients.store(settings.state), locations, lambda: reader,

@@ -11,8 +11,14 @@ from pathlib import Path
 import orjson
 import pytest
 
-from keyshift.app.supervisor import Slot, Supervisor, request_scale, run_file, slot_instance_id
 from keyshift.errors import KeyshiftError
+from keyshift.orchestration.supervisor import (
+    Slot,
+    Supervisor,
+    request_scale,
+    run_file,
+    slot_instance_id,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -60,8 +66,8 @@ def test_state_urls_reach_workers_in_their_environment_not_their_command_line() 
     states = ["redis://:s3cret@h1:6379/0", "redis://:s3cret@h2:6379/0"]
     sup = Supervisor("examples.wc:app", "wc", 2, states, [], echo=False)
     slot = Slot(1, slot_instance_id("wc", 1), sup.state_for(1))
-    command = sup._command(slot)
-    environment = sup._environment(slot)
+    command = sup.command(slot)
+    environment = sup.environment(slot)
     assert not any("s3cret" in arg for arg in command)
     assert environment["KEYSHIFT_STATE"] == states[1]
     assert environment["KEYSHIFT_PEERS"].split(",") == states

@@ -33,6 +33,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
 
 from fakes import Crash, FakeCluster, Life
 from keyshift import App
+from keyshift.runtime import coordinator
 from keyshift.migrations.replay import ChangelogApplier
 from keyshift.state.memory.store import MemoryPartition
 
@@ -47,14 +48,26 @@ CHANGELOG = "m--counts-changelog"
 class CommitProtocol(RuleBasedStateMachine):
     guarantee = "at_least_once"
 
+    #: Killed workers never say goodbye on the control topic: the others' waits for
+    #: them are cut short (they are bounded anyway) to keep examples fast.
+    FAST = {"HELLO_EXPIRES_S": 0.2, "LAST_COMMIT_TIMEOUT_S": 0.05, "LEAVE_SETTLE_S": 0.0,
+            "ACK_TIMEOUT_S": 0.5}
+
     @initialize(seed=st.integers(0, 2**16))
     def setup(self, seed: int) -> None:
+        self._timing = {name: getattr(coordinator, name) for name in self.FAST}
+        for name, value in self.FAST.items():
+            setattr(coordinator, name, value)
         self.cluster = FakeCluster()
         self.cluster.create_topic("words", 2)
         self.cluster.shuffle = random.Random(seed)
         self.counts: Counter[str] = Counter()
         self.urls = ["memory://s0"]
         self.feed = self.cluster.clients().producer({})
+
+    def teardown(self) -> None:
+        for name, value in getattr(self, "_timing", {}).items():
+            setattr(coordinator, name, value)
 
     # -- rules ----------------------------------------------------------------------------
     @rule(words=st.lists(st.sampled_from(sorted(WORDS)), min_size=1, max_size=12))

@@ -2,12 +2,12 @@
 
 ``keyshift run`` starts it; ``keyshift scale`` changes its instance count live
 by writing the wanted count next to the run file and sending SIGHUP. Slot ``i``
-runs ``keyshift worker`` with ``--instance-id <app>-<i>`` (static membership)
-and the ``i``-th ``--state`` URL when several are given. Supervised workers use
-dynamic group membership so that scale-in hands their tasks over at once. The
-workers one step starts join the group together, after the running ones have
-committed; those one step stops leave it together: one rebalance each (see
-:mod:`keyshift.app.group_gate`).
+runs ``keyshift worker`` with instance id ``<app>-<host>-<i>`` and the
+``i``-th state URL when several are given (every one of them is a peer of
+every worker). The supervisor only starts and stops processes: the workers
+one step starts join the group together, and those one step stops leave it
+together, by the same protocol over Kafka that independent containers use
+(:mod:`keyshift.runtime.coordinator`).
 """
 
 from __future__ import annotations
@@ -15,30 +15,21 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 import orjson
 
-from keyshift.app.group_gate import (
-    CHECKPOINT_TIMEOUT_S,
-    GATE_TIMEOUT_S,
-    LEAVE_TIMEOUT_S,
-    POLL_S,
-    Checkpoints,
-    GroupGate,
-)
-from keyshift.dev.paths import keyshift_home
 from keyshift.errors import InstanceConflict, KeyshiftError
+from keyshift.paths import keyshift_home
 from keyshift.procs import is_ours
+from keyshift.urls import redact
 
 log = logging.getLogger("keyshift.supervisor")
 
@@ -62,11 +53,6 @@ def run_file(app_id: str) -> Path:
 
 def scale_file(app_id: str) -> Path:
     return keyshift_home() / "run" / f"{app_id}.scale"
-
-
-def gate_dir(app_id: str) -> Path:
-    """Where the supervisor of ``app_id`` keeps its group gates."""
-    return keyshift_home() / "run" / f"{app_id}.gates"
 
 
 def find_supervisor(app_id: str) -> dict[str, object]:
@@ -108,7 +94,6 @@ class Slot:
     restarts: int = 0
     started_at: float = 0.0
     retired: bool = False
-    gate: GroupGate | None = None
     history: list[int] = field(default_factory=list)
 
 
@@ -141,8 +126,6 @@ class Supervisor:
         self.slots: dict[int, Slot] = {}
         self._stopping = False
         self._rescale = False
-        self._gates = 0
-        self._opened: list[tuple[float, GroupGate, list[str]]] = []  # (when, gate, instances)
 
     def state_for(self, index: int) -> str | None:
         if not self.states:
@@ -161,16 +144,12 @@ class Supervisor:
             print(text, flush=True)
 
     # -- processes ---------------------------------------------------------------
-    def _command(self, slot: Slot, gate: GroupGate | None = None) -> list[str]:
-        # Dynamic membership: a retired (scaled-in) worker must leave the group at
-        # once; librdkafka's static members only expire after the session timeout.
-        cmd = [sys.executable, "-m", "keyshift", "worker", self.app_ref,
-               "--instance-id", slot.instance_id, "--no-static-membership"]
-        if gate is not None:
-            cmd += ["--group-gate", str(gate.path)]
-        return cmd + self.worker_args
+    def command(self, slot: Slot) -> list[str]:
+        """The worker's command line (no secrets: see :meth:`environment`)."""
+        return [sys.executable, "-m", "keyshift", "worker", self.app_ref,
+                "--instance-id", slot.instance_id, *self.worker_args]
 
-    def _environment(self, slot: Slot) -> dict[str, str]:
+    def environment(self, slot: Slot) -> dict[str, str]:
         """The worker's environment: its state URL and, as peers, every slot's
         (migrations copy between them), in variables rather than on the command
         line, where any local user could read their passwords."""
@@ -182,23 +161,17 @@ class Supervisor:
             env["KEYSHIFT_PEERS"] = ",".join(dict.fromkeys([*given, *self.states]))
         return env
 
-    def _new_gate(self) -> GroupGate:
-        self._gates += 1
-        return GroupGate(gate_dir(self.app_id) / f"gate-{self._gates}")
-
-    def _start(self, slot: Slot, gate: GroupGate | None = None) -> None:
-        slot.gate = gate
-        slot.proc = subprocess.Popen(self._command(slot, gate), env=self._environment(slot))
+    def _start(self, slot: Slot) -> None:
+        slot.proc = subprocess.Popen(self.command(slot), env=self.environment(slot))
         slot.started_at = time.monotonic()
         slot.history.append(slot.proc.pid)
-        where = f" state={_redact(slot.state)}" if slot.state else ""
+        where = f" state={redact(slot.state)}" if slot.state else ""
         self._say(f"instance {slot.instance_id} pid={slot.proc.pid}{where}")
 
     def _terminate(self, slots: list[Slot]) -> None:
         for slot in slots:
             if slot.proc is not None and slot.proc.poll() is None:
                 slot.proc.send_signal(signal.SIGTERM)
-        self._let_leave(slots)
         deadline = time.monotonic() + STOP_GRACE_S
         for slot in slots:
             if slot.proc is None:
@@ -214,28 +187,6 @@ class Supervisor:
                             extra={"pid": slot.proc.pid})
                 slot.proc.kill()
                 slot.proc.wait()
-            if slot.gate is not None:
-                slot.gate.forget(slot.instance_id)
-
-    def _let_leave(self, slots: list[Slot], timeout_s: float = LEAVE_TIMEOUT_S) -> None:
-        """Let stopping workers leave the group once all of them have committed,
-        and the workers that stay (and take over their partitions) too."""
-        gated = [s for s in slots if s.gate is not None and s.proc is not None]
-        staying = self._running(exclude=slots) if gated else []
-        # Both commit at the same time: the stopping workers (they go on
-        # processing meanwhile) and the staying ones.
-        request = self._request_checkpoint(staying) if staying else None
-        _await(gated, lambda s: s.gate is not None and s.gate.is_leaving(s.instance_id),
-               timeout_s)
-        if request is not None:
-            self._await_checkpoint(request, staying, "leave")
-        # Each leaves once the others that are ready have made their last commit.
-        ready = {s.instance_id: s.gate.last_commit_file(s.instance_id)
-                 for s in gated if s.gate is not None and s.gate.is_leaving(s.instance_id)}
-        for slot in gated:
-            assert slot.gate is not None
-            slot.gate.let_leave(slot.instance_id,
-                                [f for i, f in ready.items() if i != slot.instance_id])
 
     def _apply_scale(self) -> None:
         path = scale_file(self.app_id)
@@ -247,8 +198,6 @@ class Supervisor:
 
     def _reconcile(self) -> None:
         live = sorted(i for i, s in self.slots.items() if not s.retired)
-        gate = self._new_gate()
-        started: list[Slot] = []
         for index in range(self.wanted):
             if index not in self.slots or self.slots[index].retired:
                 if len(self.states) > 1 and index >= len(self.states):
@@ -256,10 +205,7 @@ class Supervisor:
                     continue
                 slot = Slot(index, slot_instance_id(self.app_id, index), self.state_for(index))
                 self.slots[index] = slot
-                self._start(slot, gate)
-                started.append(slot)
-        if started:
-            self._open_gate(gate, started)
+                self._start(slot)
         extra = [self.slots[i] for i in live if i >= self.wanted]
         if extra:
             self._terminate(extra)
@@ -267,64 +213,12 @@ class Supervisor:
                 slot.retired = True
                 self._say(f"instance {slot.instance_id} stopped (scale-in)")
 
-    def _open_gate(self, gate: GroupGate, slots: list[Slot],
-                   timeout_s: float = GATE_TIMEOUT_S) -> None:
-        """Open ``gate`` once every worker in ``slots`` is ready to join (or exited)."""
-        began = time.monotonic()
-        _await(slots, lambda s: gate.is_ready(s.instance_id), timeout_s,
-               give_up=lambda: self._stopping)
-        running = self._running(exclude=slots)
-        if running:
-            self._await_checkpoint(self._request_checkpoint(running), running, "join")
-        gate.open()
-        now = time.monotonic()
-        # Long after opening, no worker can still be waiting at a gate: delete its files.
-        for opened, old, instances in self._opened:
-            if now - opened > 2 * GATE_TIMEOUT_S:
-                old.remove(instances)
-        self._opened = [o for o in self._opened if now - o[0] <= 2 * GATE_TIMEOUT_S]
-        self._opened.append((now, gate, [s.instance_id for s in slots]))
-        if len(slots) > 1:
-            self._say(f"instances {', '.join(s.instance_id for s in slots)} join together "
-                      f"(ready after {time.monotonic() - began:.1f}s)")
-
-    def _running(self, exclude: list[Slot]) -> list[Slot]:
-        return [s for s in self.slots.values()
-                if s not in exclude and not s.retired and s.proc is not None
-                and s.proc.poll() is None]
-
-    def _request_checkpoint(self, running: list[Slot]) -> tuple[int, float]:
-        """Ask ``running`` to commit: a join or a leave follows (see
-        :class:`~keyshift.app.group_gate.Checkpoints`). Returns the request's
-        number and when it was made."""
-        number = Checkpoints(gate_dir(self.app_id)).request(s.instance_id for s in running)
-        return number, time.monotonic()
-
-    def _await_checkpoint(self, request: tuple[int, float], running: list[Slot],
-                          ahead_of: str) -> None:
-        """Wait until ``running`` have committed for ``request`` (or exited, or
-        :data:`CHECKPOINT_TIMEOUT_S` passed since it was made)."""
-        checkpoints = Checkpoints(gate_dir(self.app_id))
-        number, began = request
-        _await(running, lambda s: checkpoints.is_done(number, s.instance_id),
-               CHECKPOINT_TIMEOUT_S - (time.monotonic() - began),
-               give_up=lambda: self._stopping)
-        ids = [s.instance_id for s in running]
-        late = [i for i in ids if not checkpoints.is_done(number, i)]
-        checkpoints.forget(number, ids)
-        log.info("running instances committed ahead of a rebalance",
-                 extra={"ahead_of": ahead_of, "instances": ",".join(ids),
-                        "late": ",".join(late),
-                        "seconds": round(time.monotonic() - began, 3)})
-
     def _watch(self) -> None:
         for slot in self.slots.values():
             if slot.retired or slot.proc is None:
                 continue
             code = slot.proc.poll()
             if code is None:
-                if slot.gate is not None and slot.gate.is_leaving(slot.instance_id):
-                    slot.gate.let_leave(slot.instance_id)  # stopped by someone else
                 continue
             if code == InstanceConflict.exit_code:
                 # Another process uses this instance id: restarting would only
@@ -342,10 +236,7 @@ class Supervisor:
             self._say(f"instance {slot.instance_id} exited with {code}; restarting in {backoff}s")
             time.sleep(backoff)
             if not self._stopping:
-                gate = self._new_gate()  # open: it joins alone, but leaves with the others
-                gate.open()
-                self._opened.append((time.monotonic(), gate, [slot.instance_id]))
-                self._start(slot, gate)
+                self._start(slot)
 
     def run(self) -> int:
         path = run_file(self.app_id)
@@ -362,8 +253,6 @@ class Supervisor:
                                          "app_ref": self.app_ref, "instances": self.wanted}))
         staged.replace(path)  # readers see a whole record or none
         scale_file(self.app_id).unlink(missing_ok=True)
-        shutil.rmtree(gate_dir(self.app_id), ignore_errors=True)  # a dead supervisor's
-        gate_dir(self.app_id).mkdir(parents=True)
         try:
             self._reconcile()
             while not self._stopping:
@@ -378,7 +267,6 @@ class Supervisor:
         finally:
             path.unlink(missing_ok=True)
             scale_file(self.app_id).unlink(missing_ok=True)
-            shutil.rmtree(gate_dir(self.app_id), ignore_errors=True)
         return 0
 
 
@@ -396,22 +284,3 @@ def _lock(path: Path, app_id: str) -> IO[bytes]:
             f"{path}); stop it, or scale it with `keyshift scale`"
         ) from None
     return handle
-
-
-def _await(slots: list[Slot], done: Callable[[Slot], bool], timeout_s: float, *,
-           give_up: Callable[[], bool] = lambda: False) -> None:
-    """Wait until ``done`` holds for every slot whose worker still runs, for at
-    most ``timeout_s`` (or until ``give_up()``)."""
-    deadline = time.monotonic() + timeout_s
-    waiting = list(slots)
-    while waiting and time.monotonic() < deadline and not give_up():
-        waiting = [s for s in waiting
-                   if s.proc is not None and s.proc.poll() is None and not done(s)]
-        if waiting:
-            time.sleep(POLL_S)
-
-
-def _redact(url: str | None) -> str:
-    from keyshift.state.redis.store import redact
-
-    return "" if url is None else redact(url)
