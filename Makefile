@@ -1,7 +1,8 @@
 # keyshift developer tasks. Java 17+ and Maven must be installed; redis-server is
 # installed on demand (apt-get, when running as root).
 #
-#   make test                  lint, typecheck and the test suite against the sandbox
+#   make test                  lint, typecheck and the whole test suite against the sandbox
+#   make test-unit             the unit tests only (no Java, Kafka or Redis needed)
 #   make demo DEMO=path.py     run a demo script against the sandbox
 #   make sandbox / make down   start / stop the local Kafka + Redis sandbox
 
@@ -24,7 +25,7 @@ PYTEST ?= $(BIN)/pytest
 # (the content of $KEYSHIFT_HOME/sandbox/env).
 WITH_SANDBOX_ENV = eval "$$($(KEYSHIFT) dev env)" &&
 
-.PHONY: help venv install check-redis check-java sandbox test demo lint typecheck down clean
+.PHONY: help venv install check-redis check-java sandbox test test-unit demo lint typecheck down clean
 
 help:
 	@sed -n 's/^#   //p' $(MAKEFILE_LIST)
@@ -58,16 +59,18 @@ check-java:
 sandbox: install check-redis check-java
 	$(KEYSHIFT) dev up $(SANDBOX_ARGS)
 
-test: sandbox
-	$(RUFF) check .
-	$(MYPY)
+test: sandbox lint typecheck
 	$(WITH_SANDBOX_ENV) $(PYTEST) $(PYTEST_ARGS)
+
+test-unit: lint typecheck
+	$(PYTEST) -m unit $(PYTEST_ARGS)
 
 demo: sandbox
 	$(WITH_SANDBOX_ENV) $(BIN)/python $(DEMO)
 
 lint: install
 	$(RUFF) check .
+	$(BIN)/lint-imports
 
 typecheck: install
 	$(MYPY)

@@ -38,7 +38,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import orjson
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
@@ -192,6 +192,60 @@ class Independent:
         self.scale(0)
 
 
+class Load:
+    """The records: one per key to build state, then a steady random stream."""
+
+    PAD = "x" * 60
+
+    def __init__(self, brokers: str, topic: str, keys: int, rate: float) -> None:
+        self.topic, self.keys, self.rate = topic, keys, rate
+        self.expected: dict[str, int] = {}
+        self.producer = Producer({"bootstrap.servers": brokers, "linger.ms": 20,
+                                  "queue.buffering.max.messages": 2_000_000})
+        self._stop = threading.Event()
+        self._feeder = threading.Thread(target=self._feed, daemon=True)
+
+    def send(self, key: str) -> None:
+        while True:
+            try:
+                self.producer.produce(self.topic, orjson.dumps({"pad": self.PAD}), key.encode())
+                break
+            except BufferError:
+                self.producer.poll(0.05)
+        self.expected[key] = self.expected.get(key, 0) + 1
+
+    def build(self) -> None:
+        for i in range(self.keys):
+            self.send(f"key-{i:08d}")
+        self.producer.flush(120)
+
+    def _feed(self) -> None:
+        rng = random.Random(7)
+        interval = 1.0 / self.rate
+        nxt = time.monotonic()
+        while not self._stop.is_set():
+            self.send(f"key-{rng.randrange(self.keys):08d}")
+            self.producer.poll(0)
+            nxt += interval
+            delay = nxt - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+
+    def start(self) -> None:
+        self._feeder.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._feeder.join()
+        self.producer.flush(60)
+
+
+def wait_for_outputs(brokers: str, sink: str, count: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while high_watermarks(brokers, sink) < count and time.monotonic() < deadline:
+        time.sleep(1)
+
+
 def run_strategy(strategy: str, args: argparse.Namespace, urls: list[str], shared: str,
                  workdir: Path) -> dict[str, object]:
     brokers = args.brokers
@@ -208,51 +262,19 @@ def run_strategy(strategy: str, args: argparse.Namespace, urls: list[str], share
                KEYSHIFT_GROUP_PROTOCOL=args.group_protocol, KEYSHIFT_PEERS=",".join(urls),
                KEYSHIFT_STATIC_MEMBERSHIP=str(args.stable_ids).lower())
     states = [shared] if strategy == "handoff" else urls
-    pad = "x" * 60
-    expected: dict[str, int] = {}
-    producer = Producer({"bootstrap.servers": brokers, "linger.ms": 20,
-                         "queue.buffering.max.messages": 2_000_000})
-
-    def send(key: str) -> None:
-        while True:
-            try:
-                producer.produce(source, orjson.dumps({"pad": pad}), key.encode())
-                break
-            except BufferError:
-                producer.poll(0.05)
-        expected[key] = expected.get(key, 0) + 1
-
+    load = Load(brokers, source, args.keys, args.rate)
     log = (workdir / f"{app_id}.log").open("wb")
     fleet_type = Independent if args.deployment == "independent" else Supervised
     fleet = fleet_type(ref, states, env, workdir, log, quiet=not args.workdir,
                        instances=args.steps[0])
     try:
         # 1. build state
-        for i in range(args.keys):
-            send(f"key-{i:08d}")
-        producer.flush(120)
-        deadline = time.monotonic() + 600
-        while high_watermarks(brokers, sink) < args.keys and time.monotonic() < deadline:
-            time.sleep(1)
+        load.build()
+        wait_for_outputs(brokers, sink, args.keys, 600)
         probe = LatencyProbe(brokers, sink)
         probe.start()
         # 2. steady load + scaling steps
-        stop = threading.Event()
-
-        def feed() -> None:
-            rng = random.Random(7)
-            interval = 1.0 / args.rate
-            nxt = time.monotonic()
-            while not stop.is_set():
-                send(f"key-{rng.randrange(args.keys):08d}")
-                producer.poll(0)
-                nxt += interval
-                delay = nxt - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-
-        feeder = threading.Thread(target=feed, daemon=True)
-        feeder.start()
+        load.start()
         time.sleep(args.step_seconds)
         steady_end = time.time() * 1000
         scale_times = []
@@ -260,40 +282,45 @@ def run_strategy(strategy: str, args: argparse.Namespace, urls: list[str], share
             scale_times.append(time.time() * 1000)
             fleet.scale(n)
             time.sleep(args.step_seconds)
-        stop.set()
-        feeder.join()
-        producer.flush(60)
-        total = sum(expected.values())
-        deadline = time.monotonic() + 300
-        while high_watermarks(brokers, sink) < total and time.monotonic() < deadline:
-            time.sleep(1)
+        load.stop()
+        wait_for_outputs(brokers, sink, sum(load.expected.values()), 300)
         time.sleep(2)
         probe.stop_flag = True
         probe.join()
     finally:
         fleet.stop()
         log.close()
+    expected = load.expected
     final: dict[str, int] = {}
     for key, value, _ in read_all(brokers, sink):
         if key is not None and value is not None:
             final[key.decode()] = orjson.loads(value)
     events = [orjson.loads(v) for _, v, _ in read_all(brokers, f"{app_id}--events") if v]
+    return summarize(strategy, events, probe.samples, steady_end, scale_times, args.steps,
+                     final == expected)
+
+
+def summarize(strategy: str, events: list[dict[str, Any]], samples: list[tuple[float, float]],
+              steady_end: float, scale_times: list[float], steps: list[int],
+              exact: bool) -> dict[str, object]:
+    """One strategy's row: pauses of the moves after the steady phase, latency
+    percentiles steady and during migrations (overall and by step), keys/s."""
     moved = [e for e in events if e["from_instance"] not in (None, e["to_instance"])
              and e["assigned_ms"] >= steady_end]
     windows = [(e["assigned_ms"] - 2000, e["assigned_ms"] + (e["duration_ms"] or 0)
                 + (e["pause_ms"] or 0) + 1000) for e in moved]
-    steady = [lat for t, lat in probe.samples if t < steady_end]
-    during = [lat for t, lat in probe.samples if any(a <= t <= b for a, b in windows)]
+    steady = [lat for t, lat in samples if t < steady_end]
+    during = [lat for t, lat in samples if any(a <= t <= b for a, b in windows)]
     # The same, step by step (a move belongs to the step whose scale command
     # came last before its assignment).
     bounds = [*scale_times, float("inf")]
     p99_by_step = {}
-    for i, (before, after) in enumerate(zip(args.steps, args.steps[1:], strict=False)):
+    for i, (before, after) in enumerate(zip(steps, steps[1:], strict=False)):
         spans = [w for w, e in zip(windows, moved, strict=True)
                  if bounds[i] <= e["assigned_ms"] < bounds[i + 1]]
         name = f"{before}->{after}"
         p99_by_step[name if name not in p99_by_step else f"{name} (step {i + 1})"] = pct(
-            [lat for t, lat in probe.samples if any(a <= t <= b for a, b in spans)], 0.99)
+            [lat for t, lat in samples if any(a <= t <= b for a, b in spans)], 0.99)
     keys_moved = sum(int(e["keys"]) for e in moved)
     # A task that got no record within its event's idle limit has no pause.
     paused = [e for e in moved if e["pause_ms"] is not None]
@@ -316,7 +343,7 @@ def run_strategy(strategy: str, args: argparse.Namespace, urls: list[str], share
         "p99_by_step": p99_by_step,
         "duration_s": max((e["duration_ms"] or 0 for e in moved), default=0) / 1000,
         "keys_per_s": keys_moved / move_seconds if move_seconds else 0.0,
-        "exact": final == expected,
+        "exact": exact,
     }
 
 
@@ -355,6 +382,10 @@ def main() -> None:
         for proc in procs:
             proc.kill()
             proc.wait()
+    print_report(rows)
+
+
+def print_report(rows: list[dict[str, Any]]) -> None:
     head = (f"{'strategy':<14}{'moves':>6}{'max pause ms':>14}{'beyond rebal.':>14}"
             f"{'p50/p99 steady ms':>20}"
             f"{'p50/p99 migr ms':>18}{'duration s':>12}{'keys/s':>10}{'exact':>7}")

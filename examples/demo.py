@@ -1,8 +1,7 @@
 """`make demo`: word count on 1 worker, scaled out to 3 and in to 1 while data flows.
 
-It starts from one worker so that the scale-out has to move stateful tasks: from
-two workers, each holding three source and three repartition partitions, the
-sticky assignor gave the third worker only source (stateless) partitions.
+It starts from one worker, which holds every task, so that the scale-out has to
+move stateful tasks.
 
 Prints every migration (strategy, keys moved, pause, duration), the top words,
 and whether the final counts are exact. Uses the sandbox from `keyshift dev up`
@@ -46,57 +45,60 @@ def read(brokers: str, topic: str) -> list[tuple[bytes | None, bytes | None]]:
     return [(m.key(), m.value()) for m in msgs]
 
 
-def main() -> int:
-    brokers = os.environ.get("KEYSHIFT_BROKERS", "127.0.0.1:9092")
-    redis_urls = [u for u in os.environ.get("KEYSHIFT_REDIS_URLS", "").split(",") if u]
-    if not redis_urls:
-        redis_urls = [os.environ.get("KEYSHIFT_STATE", "redis://127.0.0.1:6379/0")]
-    run_id = uuid.uuid4().hex[:6]
-    names = {"WORDCOUNT_APP": f"wordcount-{run_id}", "WORDCOUNT_SOURCE": f"sentences-{run_id}",
-             "WORDCOUNT_SINK": f"word-counts-{run_id}"}
-    env = dict(os.environ, **names, PYTHONPATH=str(ROOT),
-               KEYSHIFT_HOME=os.environ.get("KEYSHIFT_HOME", str(ROOT / ".keyshift")))
-    admin = AdminClient({"bootstrap.servers": brokers})
-    admin.create_topics([NewTopic(names["WORDCOUNT_SOURCE"], num_partitions=6)])[
-        names["WORDCOUNT_SOURCE"]].result(30)
+class Demo:
+    """One run: its app, topics, supervisor and what it printed already."""
 
-    per_instance = len(redis_urls) >= 3
-    states = redis_urls[:3] if per_instance else redis_urls[:1]
-    say(f"app {names['WORDCOUNT_APP']}: "
-        + ("one Redis per instance " if per_instance else "one shared Redis ") + ", ".join(states))
-    log_path = ROOT / ".keyshift" / f"demo-{run_id}.log"
-    log_path.parent.mkdir(exist_ok=True)
-    cmd = [sys.executable, "-m", "keyshift", "run", "examples.wordcount:app", "--instances", "1"]
-    for url in states:
-        cmd += ["--state", url]
-    with log_path.open("wb") as log:
-        sup = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    say(f"started `keyshift run ... --instances 1` (worker logs: {log_path})")
+    def __init__(self, brokers: str, redis_urls: list[str]) -> None:
+        self.brokers = brokers
+        run_id = uuid.uuid4().hex[:6]
+        self.names = {"WORDCOUNT_APP": f"wordcount-{run_id}",
+                      "WORDCOUNT_SOURCE": f"sentences-{run_id}",
+                      "WORDCOUNT_SINK": f"word-counts-{run_id}"}
+        per_instance = len(redis_urls) >= 3
+        self.states = redis_urls[:3] if per_instance else redis_urls[:1]
+        self.env = dict(os.environ, **self.names, PYTHONPATH=str(ROOT),
+                        KEYSHIFT_HOME=os.environ.get("KEYSHIFT_HOME", str(ROOT / ".keyshift")))
+        self.log_path = ROOT / ".keyshift" / f"demo-{run_id}.log"
+        self.shown: set[bytes] = set()
+        say(f"app {self.names['WORDCOUNT_APP']}: "
+            + ("one Redis per instance " if per_instance else "one shared Redis ")
+            + ", ".join(self.states))
 
-    sentences = [TEXT[i % len(TEXT)] for i in range(12000)]
-    expected = collections.Counter(w for s in sentences for w in s.split())
+    def start(self) -> subprocess.Popen[bytes]:
+        source = self.names["WORDCOUNT_SOURCE"]
+        admin = AdminClient({"bootstrap.servers": self.brokers})
+        admin.create_topics([NewTopic(source, num_partitions=6)])[source].result(30)
+        self.log_path.parent.mkdir(exist_ok=True)
+        cmd = [sys.executable, "-m", "keyshift", "run", "examples.wordcount:app",
+               "--instances", "1"]
+        for url in self.states:
+            cmd += ["--state", url]
+        with self.log_path.open("wb") as log:
+            sup = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=log,
+                                   stderr=subprocess.STDOUT)
+        say(f"started `keyshift run ... --instances 1` (worker logs: {self.log_path})")
+        return sup
 
-    def produce() -> None:
-        producer = Producer({"bootstrap.servers": brokers, "linger.ms": 5})
+    def produce(self, sentences: list[str]) -> None:
+        producer = Producer({"bootstrap.servers": self.brokers, "linger.ms": 5})
         for i, sentence in enumerate(sentences):
-            producer.produce(names["WORDCOUNT_SOURCE"], orjson.dumps(sentence), str(i).encode())
+            producer.produce(self.names["WORDCOUNT_SOURCE"], orjson.dumps(sentence),
+                             str(i).encode())
             producer.poll(0)
             time.sleep(1 / 1000)
         producer.flush(30)
 
-    def scale(n: int) -> None:
+    def scale(self, n: int) -> None:
         say(f"keyshift scale examples.wordcount:app --instances {n}")
         subprocess.run([sys.executable, "-m", "keyshift", "scale", "examples.wordcount:app",
-                        "--instances", str(n)], cwd=ROOT, env=env, check=True)
+                        "--instances", str(n)], cwd=ROOT, env=self.env, check=True)
 
-    shown: set[bytes] = set()
-
-    def show_migrations() -> None:
+    def show_migrations(self) -> None:
         moved = 0
-        for _key, value in read(brokers, f"{names['WORDCOUNT_APP']}--events"):
-            if value is None or value in shown:
+        for _key, value in read(self.brokers, f"{self.names['WORDCOUNT_APP']}--events"):
+            if value is None or value in self.shown:
                 continue
-            shown.add(value)
+            self.shown.add(value)
             e = orjson.loads(value)
             if e["from_instance"] in (None, e["to_instance"]):
                 continue
@@ -107,31 +109,45 @@ def main() -> int:
         if not moved:
             say("  (no stateful task changed owner in this step)")
 
-    try:
-        time.sleep(8)
-        feeder = threading.Thread(target=produce)
-        feeder.start()
-        say("producing 12000 sentences at ~1000/s")
-        time.sleep(3)
-        scale(3)
-        time.sleep(8)
-        show_migrations()
-        scale(1)
-        feeder.join()
-        time.sleep(6)
-        show_migrations()
-        deadline = time.monotonic() + 90
+    def final_counts(self, expected: dict[str, int], timeout_s: float = 90) -> dict[str, int]:
+        deadline = time.monotonic() + timeout_s
         final: dict[str, int] = {}
         while time.monotonic() < deadline:
             final = {k.decode(): orjson.loads(v)
-                     for k, v in read(brokers, names["WORDCOUNT_SINK"]) if k and v}
-            if final == dict(expected):
+                     for k, v in read(self.brokers, self.names["WORDCOUNT_SINK"]) if k and v}
+            if final == expected:
                 break
             time.sleep(2)
+        return final
+
+
+def main() -> int:
+    brokers = os.environ.get("KEYSHIFT_BROKERS", "127.0.0.1:9092")
+    redis_urls = [u for u in os.environ.get("KEYSHIFT_REDIS_URLS", "").split(",") if u]
+    if not redis_urls:
+        redis_urls = [os.environ.get("KEYSHIFT_STATE", "redis://127.0.0.1:6379/0")]
+    demo = Demo(brokers, redis_urls)
+    sentences = [TEXT[i % len(TEXT)] for i in range(12000)]
+    expected = dict(collections.Counter(w for s in sentences for w in s.split()))
+    sup = demo.start()
+    try:
+        time.sleep(8)
+        feeder = threading.Thread(target=demo.produce, args=(sentences,))
+        feeder.start()
+        say("producing 12000 sentences at ~1000/s")
+        time.sleep(3)
+        demo.scale(3)
+        time.sleep(8)
+        demo.show_migrations()
+        demo.scale(1)
+        feeder.join()
+        time.sleep(6)
+        demo.show_migrations()
+        final = demo.final_counts(expected)
         say("top words:")
         for word, count in sorted(final.items(), key=lambda kv: (-kv[1], kv[0]))[:10]:
             say(f"  {word:<12} {count}")
-        exact = final == dict(expected)
+        exact = final == expected
         say(f"final counts exact: {'yes' if exact else 'NO'} ({len(final)} words)")
         return 0 if exact else 1
     finally:

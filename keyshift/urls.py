@@ -16,7 +16,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Iterable
 from typing import cast
-from urllib.parse import parse_qsl, unquote, unquote_plus, urlsplit
+from urllib.parse import SplitResult, parse_qsl, unquote, unquote_plus, urlsplit
 
 from redis.connection import (
     URL_QUERY_ARGUMENT_PARSERS,
@@ -166,41 +166,58 @@ def validate_redis_url(setting: str, url: str) -> None:
     only redacted, and never a query parameter's value.
     """
     shown = redact(url)
+    try:
+        _check_redis_url(url)
+    except _Invalid as exc:
+        raise ConfigError(setting, f"{shown!r}: {exc}") from None
 
-    def fail(problem: str) -> ConfigError:
-        return ConfigError(setting, f"{shown!r}: {problem}")
 
+class _Invalid(ValueError):
+    """What is wrong with a Redis URL (without its secrets)."""
+
+
+def _check_redis_url(url: str) -> None:
     scheme = _scheme(url)
     if scheme not in REDIS_SCHEMES:
-        raise fail("expected a redis://, rediss:// or unix:// URL")
+        raise _Invalid("expected a redis://, rediss:// or unix:// URL")
     try:
         if _misplaced_at(url):
-            raise fail("'@' outside the user info; percent-encode '@', '/', '?' and '#' "
-                       "in a password (%40, %2F, %3F, %23) and '@' anywhere else")
+            raise _Invalid("'@' outside the user info; percent-encode '@', '/', '?' and '#' "
+                           "in a password (%40, %2F, %3F, %23) and '@' anywhere else")
         parts = urlsplit(url)
+    except _Invalid:
+        raise
     except ValueError:
-        raise fail("not a parsable URL") from None
+        raise _Invalid("not a parsable URL") from None
     if scheme == "unix":
         if not unquote(parts.path).strip("/"):
-            raise fail("unix:// needs a socket path (unix:///path/to/redis.sock)")
+            raise _Invalid("unix:// needs a socket path (unix:///path/to/redis.sock)")
     else:
-        if not parts.hostname:
-            raise fail(f"{scheme}:// needs a host ({scheme}://host:6379/0)")
-        try:
-            _ = parts.port  # raises ValueError for a bad port
-        except ValueError:
-            raise fail("the port is not a number in 0-65535") from None
-        db = unquote(parts.path).replace("/", "")
-        if db and not (db.isascii() and db.isdigit()):
-            raise fail("the path must be a database number (/0) or empty")
+        _check_network_location(scheme, parts)
+    _check_query(scheme, parts.query)
+
+
+def _check_network_location(scheme: str, parts: SplitResult) -> None:
+    if not parts.hostname:
+        raise _Invalid(f"{scheme}:// needs a host ({scheme}://host:6379/0)")
+    try:
+        _ = parts.port  # raises ValueError for a bad port
+    except ValueError:
+        raise _Invalid("the port is not a number in 0-65535") from None
+    db = unquote(parts.path).replace("/", "")
+    if db and not (db.isascii() and db.isdigit()):
+        raise _Invalid("the path must be a database number (/0) or empty")
+
+
+def _check_query(scheme: str, query: str) -> None:
     known = _KNOWN[scheme]
-    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+    for name, value in parse_qsl(query, keep_blank_values=True):
         if name not in known:
-            raise fail(f"unknown query parameter {name!r}; {scheme}:// URLs take "
-                       f"{_names(known)}")
+            raise _Invalid(f"unknown query parameter {name!r}; {scheme}:// URLs take "
+                           f"{_names(known)}")
         parser = cast("Callable[[str], object] | None", URL_QUERY_ARGUMENT_PARSERS.get(name))
         if parser is not None and value:
             try:
                 parser(value)
             except (TypeError, ValueError):
-                raise fail(f"query parameter {name!r} has an invalid value") from None
+                raise _Invalid(f"query parameter {name!r} has an invalid value") from None

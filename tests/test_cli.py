@@ -45,7 +45,7 @@ def test_scale_without_supervisor_fails_clearly(app_module: str) -> None:
     ("backend", "expected"),
     [
         ("compose", "docker compose up -d --no-recreate --scale worker=3"),
-        ("kubernetes", "kubectl scale deployment/cli-app --replicas=3"),
+        ("kubernetes", "kubectl scale statefulset/cli-app --replicas=3"),
     ],
 )
 def test_scale_dry_run_prints_the_command(app_module: str, backend: str, expected: str) -> None:

@@ -11,7 +11,7 @@ import pytest
 from keyshift.migrations.events import MigrationEvent, now_ms
 from keyshift.migrations.locations import Location, aside_of, split_aside
 from keyshift.migrations.planner import Plan, plan
-from keyshift.state.redis.store import redact
+from keyshift.urls import redact
 
 pytestmark = pytest.mark.unit
 

@@ -20,7 +20,8 @@ from keyshift.runtime.kafka import control_consumer_config, control_producer_con
 from keyshift.state.base import Stamp
 from keyshift.state.changelog import MARKER_KEY
 from keyshift.state.redis import RedisStore
-from keyshift.state.redis.store import partition_keys, redact
+from keyshift.state.redis.store import partition_keys
+from keyshift.urls import redact
 
 pytestmark = pytest.mark.integration
 

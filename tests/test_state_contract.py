@@ -16,7 +16,8 @@ from keyshift.state import open_store
 from keyshift.state.base import Stamp, Store, StorePartition
 from keyshift.state.memory import MemoryStore
 from keyshift.state.redis import RedisStore
-from keyshift.state.redis.store import CHUNK, partition_keys, redact
+from keyshift.state.redis.store import CHUNK, partition_keys
+from keyshift.urls import redact
 
 
 @pytest.fixture

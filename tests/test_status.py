@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
-from keyshift.app.status import (
+from keyshift.cli.status_report import (
     AppStatus,
     connectable,
     latest_locations,
@@ -22,7 +22,7 @@ from keyshift.app.status import (
 )
 from keyshift.config import Settings
 from keyshift.migrations.locations import Location
-from keyshift.state.redis.store import redact
+from keyshift.urls import redact
 
 pytestmark = pytest.mark.unit
 
@@ -43,9 +43,13 @@ class FakeStore:
         self.fail = fail
         self.closed = False
 
-    def usage(self, data_key: str) -> dict[str, int]:
+    def partition(self, app_id: str, store: str, partition: int) -> FakeStore:
+        self.where = f"{app_id}:{store}:{partition}"
+        return self
+
+    def usage(self) -> dict[str, int]:
         if self.fail:
-            raise OSError(f"cannot read {data_key}")
+            raise OSError(f"cannot read {self.where}")
         return {"keys": 3, "bytes": 120}
 
     def close(self) -> None:

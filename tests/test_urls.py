@@ -6,7 +6,6 @@ import pytest
 from redis.connection import URL_QUERY_ARGUMENT_PARSERS
 
 from keyshift.errors import ConfigError
-from keyshift.state.redis import store
 from keyshift.urls import is_secret_parameter, known_query_parameters, redact, validate_redis_url
 
 pytestmark = pytest.mark.unit
@@ -39,11 +38,6 @@ def test_redact_hides_secret_query_parameters(name: str) -> None:
     out = redact(f"redis://h:6379/0?client_name=c&{name}=s3cret&db=1")
     assert "s3cret" not in out
     assert out == f"redis://h:6379/0?client_name=c&{name}=***&db=1"
-
-
-def test_store_redact_is_the_urls_one() -> None:
-    assert store.redact is redact
-    assert "s3cret" not in store.redact("rediss://h/0?ssl_password=s3cret")
 
 
 @pytest.mark.parametrize("name", ["username", "user", "client_name", "ssl_keyfile", "db"])

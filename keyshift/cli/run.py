@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import shlex
 import signal
-import subprocess
 import sys
 from types import FrameType
 
@@ -14,7 +12,8 @@ from keyshift.cli.loader import load_app
 from keyshift.cli.worker import worker_options
 from keyshift.errors import KeyshiftError
 from keyshift.logs import setup_logging
-from keyshift.orchestration.supervisor import Supervisor, request_scale
+from keyshift.orchestration.scaling import Backend, apply_scale, plan_scale
+from keyshift.orchestration.supervisor import Supervisor
 
 
 def _passthrough(**flags: object) -> list[str]:
@@ -82,38 +81,30 @@ def run(
               help="Wanted number of instances.")
 @click.option("--backend", type=click.Choice(["local", "compose", "kubernetes"]), default="local",
               show_default=True, help="What runs the instances.")
-@click.option("--deployment", help="Kubernetes deployment name [default: the app id].")
-@click.option("--dry-run", is_flag=True, help="Print the command instead of running it.")
-def scale(
-    app_ref: str, instances: int, backend: str, deployment: str | None, dry_run: bool
-) -> None:
+@click.option("--name", "name", help="Compose service [worker] or Kubernetes StatefulSet "
+              "[the app id] to scale.")
+@click.option("--dry-run", is_flag=True, help="Print what would be done instead of doing it.")
+def scale(app_ref: str, instances: int, backend: Backend, name: str | None,
+          dry_run: bool) -> None:
     """Change the number of running instances of MODULE:APP.
 
     local: tells the running `keyshift run` supervisor (scale-in stops workers
     gracefully so their tasks migrate). compose/kubernetes: runs docker compose
     or kubectl.
+
+    Example: keyshift scale examples.wordcount:app -n 3 --backend kubernetes --dry-run
     """
     app = load_app(app_ref)
-    if backend == "local":
-        if dry_run:
-            click.echo(f"would ask the supervisor of {app.app_id} to run {instances} instances")
-            return
-        try:
-            pid = request_scale(app.app_id, instances)
-        except KeyshiftError as exc:
-            raise click.ClickException(str(exc)) from exc
-        click.echo(f"supervisor {pid}: scaling {app.app_id} to {instances} instances")
-        return
-    if backend == "compose":
-        cmd = ["docker", "compose", "up", "-d", "--no-recreate", "--scale", f"worker={instances}"]
-    else:
-        name = deployment or app.app_id
-        cmd = ["kubectl", "scale", f"deployment/{name}", f"--replicas={instances}"]
-    click.echo(shlex.join(cmd))
+    action = plan_scale(backend, app.app_id, instances, name=name)
     if dry_run:
+        click.echo(f"would {action.describe()}" if backend == "local" else action.describe())
         return
     try:
-        code = subprocess.call(cmd)
-    except FileNotFoundError:
-        raise click.ClickException(f"{cmd[0]} is not installed or not on PATH") from None
-    sys.exit(code)
+        result = apply_scale(action)
+    except KeyshiftError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if backend == "local":
+        click.echo(f"supervisor {result}: scaling {app.app_id} to {instances} instances")
+        return
+    click.echo(action.describe())
+    sys.exit(result)

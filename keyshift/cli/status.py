@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 import orjson
 
-from keyshift.app.status import collect, render
 from keyshift.cli.loader import load_app
+from keyshift.cli.status_report import collect, render
 from keyshift.errors import KeyshiftError
 
 

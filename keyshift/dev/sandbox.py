@@ -231,6 +231,19 @@ def up(
                    kafka_port, redis_port)  # fmt: skip
 
 
+@dataclass
+class _Plan:
+    """What ``up`` keeps running and what it (re)starts, on which ports."""
+
+    nodes: list[KafkaNode]
+    cluster_id: str
+    kafka_alive: dict[int, int]
+    kafka_start: list[KafkaNode]
+    redis_ports: list[int]
+    redis_alive: dict[int, int]
+    redis_start: list[int]
+
+
 def _up(
     run: Path,
     brokers: int,
@@ -242,7 +255,23 @@ def _up(
     redis_port: int,
 ) -> Sandbox:
     state = State.load(run)
+    plan = _plan(run, state, brokers, redis_instances, version, kafka_port, redis_port)
+    _assign_ports(plan, auto_ports)
+    if plan.kafka_start:
+        kafka.java()
+    if plan.redis_start:
+        redis_server.redis_server()
+    libs = kafka.fetch_jars(version) if plan.kafka_start else None
+    State(version, plan.cluster_id, plan.nodes, plan.redis_ports).save(run)
+    _start(run, plan, libs, timeout)
+    sandbox = _describe(run, State(version, plan.cluster_id, plan.nodes, plan.redis_ports),
+                        plan.kafka_alive, plan.redis_alive)
+    _write_env(sandbox)
+    return sandbox
 
+
+def _plan(run: Path, state: State, brokers: int, redis_instances: int, version: str,
+          kafka_port: int, redis_port: int) -> _Plan:
     # Kafka: reuse a live cluster (restarting dead nodes in place) or plan a fresh one.
     kafka_alive = {n.index: pid for n in state.nodes if (pid := kafka_pid(run, n.index))}
     if kafka_alive:
@@ -257,8 +286,6 @@ def _up(
         _remove_kafka_dirs(run)
         nodes = kafka.plan_nodes(brokers, kafka_port)
         cluster_id = kafka.new_cluster_id()
-    kafka_start = [n for n in nodes if n.index not in kafka_alive]
-
     # Redis: keep live instances on their ports, (re)start the rest.
     redis_alive = {i: pid for i in range(len(state.redis_ports)) if (pid := redis_pid(run, i))}
     count = max([1 + redis_instances] + [i + 1 for i in redis_alive])
@@ -268,56 +295,59 @@ def _up(
                        for i in range(count)]  # fmt: skip
     else:
         redis_ports = [redis_port + i for i in range(count)]
-    redis_start = [i for i in range(count) if i not in redis_alive]
+    return _Plan(nodes, cluster_id, kafka_alive,
+                 [n for n in nodes if n.index not in kafka_alive], redis_ports, redis_alive,
+                 [i for i in range(count) if i not in redis_alive])
 
-    # Ports: a restarted node of a live cluster keeps its ports; new services may move.
-    ours = {n.port for n in nodes if n.index in kafka_alive}
-    ours |= {n.controller_port for n in nodes if n.index in kafka_alive}
-    ours |= {redis_ports[i] for i in redis_alive}
+
+def _assign_ports(plan: _Plan, auto_ports: bool) -> None:
+    """A restarted node of a live cluster keeps its ports; new services may move
+    (with ``auto_ports``) when theirs are taken."""
+    ours = {n.port for n in plan.nodes if n.index in plan.kafka_alive}
+    ours |= {n.controller_port for n in plan.nodes if n.index in plan.kafka_alive}
+    ours |= {plan.redis_ports[i] for i in plan.redis_alive}
 
     def taken(port: int) -> bool:
         return port in ours or port_in_use(port)
 
     fixed: dict[str, int] = {}
     movable: dict[str, int] = {}
-    for node in kafka_start:
-        target = fixed if kafka_alive else movable
+    for node in plan.kafka_start:
+        target = fixed if plan.kafka_alive else movable
         target[f"kafka node {node.index} client"] = node.port
         target[f"kafka node {node.index} controller"] = node.controller_port
-    for i in redis_start:
-        movable[f"redis {i}"] = redis_ports[i]
+    for i in plan.redis_start:
+        movable[f"redis {i}"] = plan.redis_ports[i]
     assign_ports(fixed, auto=False, in_use=taken)
     moved = assign_ports(movable, auto=auto_ports, in_use=lambda p: taken(p) or p in fixed.values())
-    if not kafka_alive:
-        nodes = [KafkaNode(n.index, moved[f"kafka node {n.index} client"],
-                           moved[f"kafka node {n.index} controller"]) for n in nodes]  # fmt: skip
-        kafka_start = nodes
-    for i in redis_start:
-        redis_ports[i] = moved[f"redis {i}"]
-    changed = {name: port for name, port in moved.items() if movable[name] != port}
-    for name, port in changed.items():
-        log.info("port %d is taken: %s uses port %d instead", movable[name], name, port)
+    if not plan.kafka_alive:
+        plan.nodes = [KafkaNode(n.index, moved[f"kafka node {n.index} client"],
+                                moved[f"kafka node {n.index} controller"]) for n in plan.nodes]
+        plan.kafka_start = plan.nodes
+    for i in plan.redis_start:
+        plan.redis_ports[i] = moved[f"redis {i}"]
+    for name, port in moved.items():
+        if movable[name] != port:
+            log.info("port %d is taken: %s uses port %d instead", movable[name], name, port)
 
-    if kafka_start:
-        kafka.java()
-    if redis_start:
-        redis_server.redis_server()
-    libs = kafka.fetch_jars(version) if kafka_start else None
 
-    State(version, cluster_id, nodes, redis_ports).save(run)
+def _start(run: Path, plan: _Plan, libs: Path | None, timeout: float) -> None:
+    """Start what the plan says and wait until it answers; on failure, stop what
+    this call started."""
     started: list[tuple[Path, int]] = []
     try:
-        for node in kafka_start:
+        for node in plan.kafka_start:
             assert libs is not None
-            started.append(_start_kafka_node(run, libs, node, nodes, cluster_id))
-        for i in redis_start:
-            started.append(_start_redis(run, i, redis_ports[i]))
+            started.append(_start_kafka_node(run, libs, node, plan.nodes, plan.cluster_id))
+        for i in plan.redis_start:
+            started.append(_start_redis(run, i, plan.redis_ports[i]))
 
         def kafka_alive_now() -> bool:
-            return all(kafka_pid(run, n.index) for n in nodes)
+            return all(kafka_pid(run, n.index) for n in plan.nodes)
 
-        kafka.wait_ready(nodes, timeout, [kafka_log(run, n.index) for n in nodes], kafka_alive_now)
-        for i, port in enumerate(redis_ports):
+        kafka.wait_ready(plan.nodes, timeout, [kafka_log(run, n.index) for n in plan.nodes],
+                         kafka_alive_now)
+        for i, port in enumerate(plan.redis_ports):
             redis_server.wait_ready(
                 port, min(timeout, 30.0), redis_log(run, i), _redis_alive(run, i)
             )
@@ -328,12 +358,6 @@ def _up(
             for pid_file, _ in started:
                 pid_file.unlink(missing_ok=True)
         raise
-
-    sandbox = _describe(
-        run, State(version, cluster_id, nodes, redis_ports), kafka_alive, redis_alive
-    )
-    _write_env(sandbox)
-    return sandbox
 
 
 def _redis_alive(run: Path, index: int) -> Callable[[], bool]:

@@ -100,14 +100,7 @@ def plan(
     if location is None:
         return _replay("no recorded location")
     if location.url == local_url:
-        if location.complete:
-            return Plan("handoff", reason="state is already in this instance's Redis")
-        connected = _connect(location, local_url, resolve, reachable)
-        if connected is None:
-            return _replay("interrupted copy whose source is gone")
-        chain = connected[0]
-        return Plan("progressive", chain[0], resume=True, origin_urls=chain[1:],
-                    reason="finishing an interrupted progressive copy")
+        return _plan_local(location, local_url, resolve, reachable)
     if mode == "replay":
         return _replay("migration=replay")
     source = resolve(location.url)
@@ -116,17 +109,36 @@ def plan(
     if not reachable(source):
         return _replay(f"{location.url} is unreachable")
     if not location.complete:
-        connected = None
-        if mode != "stop-and-copy":
-            connected = _connect(location, local_url, resolve, reachable)
-        if connected is None:
-            return _replay("the source itself holds an incomplete copy")
-        chain, set_aside = connected
-        reason = f"chained: {location.url} is still copying from {location.source}"
-        if set_aside:
-            reason += "; this instance's older copy is set aside and read last"
-        return Plan("progressive", source, origin_urls=chain, set_aside=set_aside,
-                    reason=reason)
+        return _plan_chained(location, local_url, mode, source, resolve, reachable)
     if mode == "stop-and-copy":
         return Plan("stop-and-copy", source, reason="migration=stop-and-copy")
     return Plan("progressive", source, reason=f"state lives in {location.url}")
+
+
+def _plan_local(location: Location, local_url: str, resolve: Callable[[str], str | None],
+                reachable: Callable[[str], bool]) -> Plan:
+    """The state was last here: hand it over, or finish an interrupted copy."""
+    if location.complete:
+        return Plan("handoff", reason="state is already in this instance's Redis")
+    connected = _connect(location, local_url, resolve, reachable)
+    if connected is None:
+        return _replay("interrupted copy whose source is gone")
+    chain = connected[0]
+    return Plan("progressive", chain[0], resume=True, origin_urls=chain[1:],
+                reason="finishing an interrupted progressive copy")
+
+
+def _plan_chained(location: Location, local_url: str, mode: str, source: str,
+                  resolve: Callable[[str], str | None],
+                  reachable: Callable[[str], bool]) -> Plan:
+    """The source is itself still copying: copy from it and its own sources."""
+    connected = None
+    if mode != "stop-and-copy":
+        connected = _connect(location, local_url, resolve, reachable)
+    if connected is None:
+        return _replay("the source itself holds an incomplete copy")
+    chain, set_aside = connected
+    reason = f"chained: {location.url} is still copying from {location.source}"
+    if set_aside:
+        reason += "; this instance's older copy is set aside and read last"
+    return Plan("progressive", source, origin_urls=chain, set_aside=set_aside, reason=reason)

@@ -28,8 +28,9 @@ from keyshift.migrations.planner import Plan, plan
 from keyshift.migrations.replay import replay_changelog
 from keyshift.migrations.transfer import ProgressiveCopy, stop_and_copy
 from keyshift.state.base import Stamp, Store, StorePartition
-from keyshift.state.redis.store import RedisStore, redact
+from keyshift.state.factory import open_store
 from keyshift.state.table import DEFAULT_MAX_RECORD_BYTES, Table
+from keyshift.urls import redact
 
 log = logging.getLogger("keyshift.migrations.restore")
 
@@ -93,7 +94,7 @@ class Restorer:
         self.settings = settings
         self.max_record_bytes = max_record_bytes
         # Opens another instance's state (a migration source) by its URL.
-        self._open_source = sources or (lambda url: RedisStore(url, timeout_s=5.0))
+        self._open_source = sources or (lambda url: open_store(url, timeout_s=5.0))
         self.local = local
         self.locations = locations
         self.restore_consumer = restore_consumer

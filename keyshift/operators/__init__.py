@@ -9,8 +9,9 @@ from keyshift.operators.serdes import (
     get_serde,
     register_serde,
 )
-from keyshift.operators.stream import MISSING, Stream
+from keyshift.operators.stream import Stream
 from keyshift.operators.topology import SubTopology, Topology
+from keyshift.state.base import MISSING
 
 __all__ = [
     "MISSING",

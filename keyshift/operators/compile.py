@@ -68,73 +68,104 @@ def compile_subtopology(sub: SubTopology, ctx: ProcessorContext) -> Push:
     return _fanout([_compile(child, sub, ctx) for child in sub.root.children])
 
 
-def _compile(node: Node, sub: SubTopology, ctx: ProcessorContext) -> Push:  # noqa: C901
+Builder = Callable[[Any, Node, SubTopology, "ProcessorContext", Push], Push]
+
+
+def _compile(node: Node, sub: SubTopology, ctx: ProcessorContext) -> Push:
     down = _fanout([_compile(child, sub, ctx) for child in node.children])
-    fn: Any = node.fn
-    kind = node.kind
+    build = _BUILDERS.get(node.kind)
+    if build is None:  # pragma: no cover - the DSL only creates the kinds below
+        raise TopologyError(f"unknown operator kind {node.kind!r}")
+    return build(node.fn, node, sub, ctx, down)
 
-    if kind == "map":
 
-        def push(key: Any, value: Any) -> None:
-            down(key, fn(value))
+def _map(fn: Any, node: Node, sub: SubTopology, ctx: ProcessorContext, down: Push) -> Push:
+    def push(key: Any, value: Any) -> None:
+        down(key, fn(value))
 
-    elif kind == "map_record":
-        record = ctx.record
-
-        def push(key: Any, value: Any) -> None:
-            down(key, fn(record(key, value)))
-
-    elif kind == "filter":
-
-        def push(key: Any, value: Any) -> None:
-            if fn(value):
-                down(key, value)
-
-    elif kind == "flat_map":
-
-        def push(key: Any, value: Any) -> None:
-            for item in fn(value):
-                down(key, item)
-
-    elif kind == "peek":
-
-        def push(key: Any, value: Any) -> None:
-            fn(value)
-            down(key, value)
-
-    elif kind == "stateful":
-        table = ctx.table(node.params["store"])
-        get, put = table.get, table.put
-
-        def push(key: Any, value: Any) -> None:
-            raw = ctx.raw_key
-            if raw is None or ctx.offset < table.resume_offset:
-                # Null keys are dropped (as in Kafka Streams); lower offsets are
-                # already reflected in this store's restored state.
-                return
-            new = fn(get(raw), value)
-            put(raw, new)
-            down(key, new)
-
-    elif kind == "to":
-        topic = node.params["topic"]
-        kser, vser = node.params["key_serde"], node.params["value_serde"]
-        same_key = kser is sub.key_serde
-        emit, vencode, kencode = ctx.emit, vser.serialize, kser.serialize
-
-        def push(key: Any, value: Any) -> None:
-            emit(topic, ctx.raw_key if same_key else kencode(key), vencode(value))
-            down(key, value)
-
-    elif kind == "repartition":
-        topic = node.params["topic"]
-        kencode = node.params["key_serde"].serialize
-        vencode = node.params["value_serde"].serialize
-        emit_r = ctx.emit_repartition
-
-        def push(key: Any, value: Any) -> None:
-            emit_r(topic, kencode(fn(value)), vencode(value))
-
-    else:  # pragma: no cover - the DSL only creates the kinds above
-        raise TopologyError(f"unknown operator kind {kind!r}")
     return push
+
+
+def _map_record(fn: Any, node: Node, sub: SubTopology, ctx: ProcessorContext,
+                down: Push) -> Push:
+    record = ctx.record
+
+    def push(key: Any, value: Any) -> None:
+        down(key, fn(record(key, value)))
+
+    return push
+
+
+def _filter(fn: Any, node: Node, sub: SubTopology, ctx: ProcessorContext, down: Push) -> Push:
+    def push(key: Any, value: Any) -> None:
+        if fn(value):
+            down(key, value)
+
+    return push
+
+
+def _flat_map(fn: Any, node: Node, sub: SubTopology, ctx: ProcessorContext,
+              down: Push) -> Push:
+    def push(key: Any, value: Any) -> None:
+        for item in fn(value):
+            down(key, item)
+
+    return push
+
+
+def _peek(fn: Any, node: Node, sub: SubTopology, ctx: ProcessorContext, down: Push) -> Push:
+    def push(key: Any, value: Any) -> None:
+        fn(value)
+        down(key, value)
+
+    return push
+
+
+def _stateful(fn: Any, node: Node, sub: SubTopology, ctx: ProcessorContext,
+              down: Push) -> Push:
+    table = ctx.table(node.params["store"])
+    get, put = table.get, table.put
+
+    def push(key: Any, value: Any) -> None:
+        raw = ctx.raw_key
+        if raw is None or ctx.offset < table.resume_offset:
+            # Null keys are dropped (as in Kafka Streams); lower offsets are
+            # already reflected in this store's restored state.
+            return
+        new = fn(get(raw), value)
+        put(raw, new)
+        down(key, new)
+
+    return push
+
+
+def _to(fn: Any, node: Node, sub: SubTopology, ctx: ProcessorContext, down: Push) -> Push:
+    topic = node.params["topic"]
+    kser, vser = node.params["key_serde"], node.params["value_serde"]
+    same_key = kser is sub.key_serde
+    emit, vencode, kencode = ctx.emit, vser.serialize, kser.serialize
+
+    def push(key: Any, value: Any) -> None:
+        emit(topic, ctx.raw_key if same_key else kencode(key), vencode(value))
+        down(key, value)
+
+    return push
+
+
+def _repartition(fn: Any, node: Node, sub: SubTopology, ctx: ProcessorContext,
+                 down: Push) -> Push:
+    topic = node.params["topic"]
+    kencode = node.params["key_serde"].serialize
+    vencode = node.params["value_serde"].serialize
+    emit_r = ctx.emit_repartition
+
+    def push(key: Any, value: Any) -> None:
+        emit_r(topic, kencode(fn(value)), vencode(value))
+
+    return push
+
+
+_BUILDERS: dict[str, Builder] = {
+    "map": _map, "map_record": _map_record, "filter": _filter, "flat_map": _flat_map,
+    "peek": _peek, "stateful": _stateful, "to": _to, "repartition": _repartition,
+}

@@ -14,9 +14,7 @@ from typing import Any
 from keyshift.operators.record import Record
 from keyshift.operators.serdes import Serde, get_serde
 from keyshift.operators.topology import Node, SubTopology, Topology
-
-MISSING: Any = object()
-"""Sentinel for "no state yet for this key"."""
+from keyshift.state.base import MISSING
 
 _IMMUTABLE = (int, float, str, bytes, bool, type(None))
 

@@ -24,7 +24,6 @@ from keyshift.runtime.committer import TIMEOUT_S, Committer
 from keyshift.runtime.control import ControlChannel
 from keyshift.runtime.coordinator import Coordinator, group_instances
 from keyshift.runtime.kafka import (
-    TopicManager,
     apply_group_configs,
     consumer_config,
     consumer_group_configs,
@@ -37,6 +36,7 @@ from keyshift.runtime.kafka import (
 from keyshift.runtime.metrics import Metrics
 from keyshift.runtime.producer import RecordProducer
 from keyshift.runtime.tasks import TaskManager
+from keyshift.runtime.topics import TopicManager
 from keyshift.state.base import Store
 
 log = logging.getLogger("keyshift.worker")

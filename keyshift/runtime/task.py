@@ -140,21 +140,21 @@ class Task:
             keys = [m.key() for m in msgs]
             for table in self.tables.values():
                 table.prefetch(keys)
+        self._run(msgs)
+        self.records_in += len(msgs)
+        self.position = msgs[-1].offset() + 1
+        self.last_processed_ms = int(time.time() * 1000)
+        self.mid_batch = False
+
+    def _run(self, msgs: list[Message]) -> None:
+        """Push each record through the operators (the per-record hot loop)."""
         kdes = self.sub.key_serde.deserialize
         vdes = self.sub.value_serde.deserialize
         push = self._push
-        seen = self.seen
         internal = self.sub.internal
         for msg in msgs:
-            offset = msg.offset()
-            if internal:
-                try:
-                    if self._is_duplicate(msg, seen):
-                        self.duplicates += 1
-                        continue
-                except (struct.error, TypeError, ValueError) as exc:
-                    self._dead_letter(msg, "header", exc)
-                    continue
+            if internal and self._skip_repartitioned(msg):
+                continue
             raw_key = msg.key()
             try:
                 key = kdes(raw_key)
@@ -162,7 +162,7 @@ class Task:
             except Exception as exc:  # any serde failure is the record's
                 self._dead_letter(msg, "deserialize", exc)
                 continue
-            self.offset = offset
+            self.offset = msg.offset()
             self.raw_key = raw_key
             self.timestamp = msg.timestamp()[1]
             self.message = msg
@@ -172,16 +172,27 @@ class Task:
             except INFRASTRUCTURE_ERRORS:
                 raise  # not the record's fault (TransactionAbortable is a BrokerError)
             except Exception as exc:
-                if self._raise:
-                    raise ProcessingError(
-                        f"{self.topic}[{self.partition}]@{offset}: {type(exc).__name__}: {exc}"
-                    ) from exc
-                self._dead_letter(msg, "produce" if isinstance(exc, RecordRejected) else "process",
-                                  exc)
-        self.records_in += len(msgs)
-        self.position = msgs[-1].offset() + 1
-        self.last_processed_ms = int(time.time() * 1000)
-        self.mid_batch = False
+                self._failed(msg, exc)
+
+    def _skip_repartitioned(self, msg: Message) -> bool:
+        """A repartitioned record already applied (a duplicate), or with an origin
+        header keyshift did not write (dead-lettered)."""
+        try:
+            if self._is_duplicate(msg, self.seen):
+                self.duplicates += 1
+                return True
+        except (struct.error, TypeError, ValueError) as exc:
+            self._dead_letter(msg, "header", exc)
+            return True
+        return False
+
+    def _failed(self, msg: Message, exc: Exception) -> None:
+        """User code or an output failed on ``msg``: dead-letter it, or (with
+        ``on_error="raise"``) stop."""
+        if self._raise:
+            raise ProcessingError(f"{self.topic}[{self.partition}]@{msg.offset()}: "
+                                  f"{type(exc).__name__}: {exc}") from exc
+        self._dead_letter(msg, "produce" if isinstance(exc, RecordRejected) else "process", exc)
 
     def _skip_stale(self, msgs: list[Message], stale_from: int) -> list[Message]:
         for i, msg in enumerate(msgs):

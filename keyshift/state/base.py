@@ -12,11 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import orjson
 
 from keyshift.errors import StateError
+
+MISSING: Any = object()
+"""Sentinel for "no state yet for this key" (what an aggregate starts from)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +162,10 @@ class StorePartition(Protocol):
         ...
 
     def key_count(self) -> int: ...
+
+    def usage(self) -> dict[str, int]:
+        """``{"keys": ..., "bytes": ...}``: how much the data holds (bytes approximate)."""
+        ...
 
     def clear(self) -> None:
         """Delete all data, the stamp and the epoch."""

@@ -6,7 +6,8 @@ from keyshift.errors import ConfigError
 from keyshift.state.base import Store
 
 
-def open_store(url: str) -> Store:
+def open_store(url: str, *, timeout_s: float | None = None) -> Store:
+    """The backend for ``url``; ``timeout_s`` bounds a Redis connection and each command."""
     scheme = url.split("://", 1)[0]
     if scheme == "memory":
         from keyshift.state.memory import MemoryStore
@@ -15,5 +16,5 @@ def open_store(url: str) -> Store:
     if scheme in ("redis", "rediss", "unix"):
         from keyshift.state.redis import RedisStore
 
-        return RedisStore(url)
+        return RedisStore(url, timeout_s=timeout_s)
     raise ConfigError("state", f"unsupported state URL scheme {scheme!r}")

@@ -15,8 +15,7 @@ from typing import Any, Protocol
 import orjson
 
 from keyshift.errors import SerializationError, StateError
-from keyshift.operators.stream import MISSING
-from keyshift.state.base import Stamp, StorePartition
+from keyshift.state.base import MISSING, Stamp, StorePartition
 from keyshift.state.changelog import check_state_key
 
 _NOT_LOADED: Any = object()

@@ -89,6 +89,10 @@ class MemoryPartition:
     def key_count(self) -> int:
         return len(self.data)
 
+    def usage(self) -> dict[str, int]:
+        return {"keys": len(self.data),
+                "bytes": sum(len(k) + len(v) for k, v in self.data.items())}
+
     def clear(self) -> None:
         self.data.clear()
         self.stamp = None

@@ -23,7 +23,7 @@ import redis
 
 from keyshift.errors import FencedError, StateError
 from keyshift.state.base import Stamp
-from keyshift.urls import redact as redact  # re-exported: callers import it from here
+from keyshift.urls import redact
 
 CHUNK = 1000
 
@@ -270,6 +270,10 @@ class RedisPartition:
     def key_count(self) -> int:
         return int(self._r.hlen(self.data_key))
 
+    def usage(self) -> dict[str, int]:
+        return {"keys": int(self._r.hlen(self.data_key)),
+                "bytes": int(self._r.memory_usage(self.data_key) or 0)}
+
     def clear(self) -> None:
         self._r.unlink(self.data_key, self.meta_key)
 
@@ -301,13 +305,6 @@ class RedisStore:
             self._r.ping()
         except redis.RedisError as exc:
             raise StateError(f"cannot reach Redis at {redact(self.url)}: {exc}") from exc
-
-    def usage(self, data_key: str) -> dict[str, int]:
-        """Keys and approximate bytes held under one partition's data key."""
-        return {
-            "keys": int(self._r.hlen(data_key)),
-            "bytes": int(self._r.memory_usage(data_key) or 0),
-        }
 
     def partition(self, app_id: str, store: str, partition: int, *,
                   aside: bool = False) -> RedisPartition:

@@ -33,8 +33,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
 
 from fakes import Crash, FakeCluster, Life
 from keyshift import App
-from keyshift.runtime import coordinator
 from keyshift.migrations.replay import ChangelogApplier
+from keyshift.runtime import coordinator
 from keyshift.state.memory.store import MemoryPartition
 
 pytestmark = pytest.mark.unit

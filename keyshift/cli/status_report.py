@@ -1,10 +1,10 @@
-"""What an application is doing: group members, lag, where state lives, recent migrations."""
+"""What `keyshift status` reports: group members, lag, where state lives, recent migrations."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaException, TopicPartition
@@ -15,7 +15,9 @@ from keyshift.errors import BrokerError
 from keyshift.migrations.locations import BadLocation, Location, parse_record
 from keyshift.operators.topology import Topology
 from keyshift.runtime.kafka import read_topic
-from keyshift.state.redis.store import RedisStore, partition_keys, redact
+from keyshift.state.base import Store
+from keyshift.state.factory import open_store
+from keyshift.urls import redact
 
 
 @dataclass
@@ -37,16 +39,8 @@ class AppStatus:
         }
 
 
-class UsageStore(Protocol):
-    """What status reads from a Redis holding a task's state."""
-
-    def usage(self, data_key: str) -> dict[str, int]: ...
-
-    def close(self) -> None: ...
-
-
-def _open_redis(url: str) -> UsageStore:
-    return RedisStore(url, timeout_s=2.0)
+def _open(url: str) -> Store:
+    return open_store(url, timeout_s=2.0)
 
 
 def latest_locations(
@@ -92,7 +86,7 @@ def connectable(url: str, settings: Settings) -> str | None:
 
 def summarize_locations(
     records: Iterable[tuple[bytes | None, bytes | None]], settings: Settings, *,
-    open_store: Callable[[str], UsageStore] = _open_redis,
+    open_store: Callable[[str], Store] = _open,
 ) -> tuple[list[dict[str, Any]], int]:
     """One entry per task from the locations topic's ``(key, value)`` records, sorted
     by task, and how many records were malformed.
@@ -102,7 +96,7 @@ def summarize_locations(
     ``note = "not a configured peer"``, a failed read ``error``.
     """
     latest, skipped = latest_locations(records)
-    stores: dict[str, UsageStore] = {}
+    stores: dict[str, Store] = {}
     entries: list[dict[str, Any]] = []
     try:
         for loc in latest.values():
@@ -115,8 +109,8 @@ def summarize_locations(
                     store = stores.get(url)
                     if store is None:
                         store = stores[url] = open_store(url)
-                    data_key, _ = partition_keys(settings.app_id, loc.store, loc.partition)
-                    entry.update(store.usage(data_key))
+                    part = store.partition(settings.app_id, loc.store, loc.partition)
+                    entry.update(part.usage())
                 except Exception as exc:  # noqa: BLE001 - status is best effort per task
                     entry["error"] = str(exc)
             elif not loc.url.startswith("memory://"):
