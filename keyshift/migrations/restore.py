@@ -169,9 +169,9 @@ class Restorer:
         """Whether ``url`` answers a ping; one that answered less than
         ``ANSWERED_RECENTLY_S`` ago (e.g. at :meth:`warm_up`, just ahead of a
         planned rebalance) is taken as reachable without another round trip
-        (planning, mostly this ping, took up to 30 ms per source in a benchmark
-        scale-in step). A server lost since then fails the restore's first
-        command instead, and with it the worker; its restart plans again."""
+        (the ping is a round trip in every restore's pause). A server lost since
+        then fails the restore's first command instead, and with it the worker;
+        its restart plans again."""
         now = time.monotonic()
         if now - self._answered.get(url, -ANSWERED_RECENTLY_S) < ANSWERED_RECENTLY_S:
             return True

@@ -224,6 +224,8 @@ class Coordinator:
                         extra={"instance": self.channel.instance,
                                "not_acked": ",".join(sorted(self._waiting_for_acks()))})
             return True
+        if not self.members() - {self.channel.instance}:
+            return True  # alone in the group: nobody to leave with or hand over to
         latest = max([self._leave_started,
                       *(when for _, when in self._view.leaving.values())])
         return now - latest >= LEAVE_SETTLE_S and not self._waiting_for_acks()

@@ -4,6 +4,7 @@ per app, and no secret on a worker's command line."""
 from __future__ import annotations
 
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -76,3 +77,26 @@ def test_state_urls_reach_workers_in_their_environment_not_their_command_line() 
 def test_slot_instance_ids_are_unique_per_host() -> None:
     assert slot_instance_id("wc", 0) != slot_instance_id("wc", 1)
     assert slot_instance_id("wc", 0).startswith("wc-") and slot_instance_id("wc", 0) != "wc-0"
+
+
+class _Conflicting(Supervisor):
+    """Its workers stop as a worker does whose instance id another process holds."""
+
+    def command(self, slot: Slot) -> list[str]:
+        return [sys.executable, "-c", "import sys; sys.exit(3)"]
+
+
+def test_a_worker_stopped_by_an_instance_id_conflict_is_not_restarted() -> None:
+    sup = _Conflicting("examples.wc:app", "wc", 1, [], [], echo=False)
+    runner = threading.Thread(target=sup.run)
+    runner.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not any(s.retired for s in sup.slots.values()):
+            assert time.monotonic() < deadline, "the slot was not retired"
+            time.sleep(0.05)
+        (slot,) = sup.slots.values()
+        assert len(slot.history) == 1  # started once, never restarted
+    finally:
+        sup.stop()
+        runner.join(10)
