@@ -76,6 +76,19 @@ class FencedError(StateError):
     """A newer owner holds the task: this instance must drop it."""
 
 
+class StateLostError(StateError):
+    """The task's state vanished from the store under its owner (the server
+    restarted empty or was flushed): the owner epoch it claimed is gone.
+
+    The worker stops rather than carry on from empty state; the task's next
+    owner finds no stamp and replays the changelog."""
+
+    def __init__(self, where: str, detail: str) -> None:
+        super().__init__(f"{where}: {detail}: the task's state is gone from the store "
+                         "(restarted empty or flushed); the worker stops and the task's "
+                         "next owner replays its changelog")
+
+
 class MigrationError(KeyshiftError):
     """Bringing a task's state to its new owner failed."""
 

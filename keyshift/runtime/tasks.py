@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from confluent_kafka import KafkaError, Message, TopicPartition
 
-from keyshift.errors import BrokerError
+from keyshift.errors import BrokerError, StateLostError
 from keyshift.migrations.events import now_ms
 from keyshift.migrations.tracker import MigrationTracker
 from keyshift.operators.topology import SubTopology
@@ -110,13 +110,21 @@ class TaskManager:
     # -- fencing --------------------------------------------------------------------------
     def drop_fenced(self, tasks: Sequence[Task]) -> list[Task]:
         """Drop those of ``tasks`` another instance has claimed (one batched read of
-        their owner epochs); returns them."""
+        their owner epochs); returns them.
+
+        Raises:
+            StateLostError: a partition's stored owner epoch is older than the
+                task's: its state is gone from the store.
+        """
         pairs = [(task, table) for task in tasks for table in task.tables.values()]
         if not pairs:
             return []
         epochs = read_owner_epochs([table for _, table in pairs])
         fenced: list[Task] = []
         for (task, table), current in zip(pairs, epochs, strict=True):
+            if current < table.epoch:
+                raise StateLostError(f"{task.topic}[{task.partition}]",
+                                     f"owner epoch {current} < {table.epoch}")
             if current > table.epoch and task not in fenced:
                 fenced.append(task)
                 self.fence(task, f"owner epoch {current} > {table.epoch}")

@@ -113,15 +113,24 @@ class StorePartition(Protocol):
         """The committed stamp, or None when the partition holds no state."""
         ...
 
-    def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
-        """Values of ``keys`` (None where absent), in one round trip."""
+    def get_many(self, keys: Sequence[bytes], epoch: int = 0) -> list[bytes | None]:
+        """Values of ``keys`` (None where absent), in one round trip.
+
+        With ``epoch`` (the reader's owner epoch), refuses to answer from a
+        partition whose stored epoch is older: its state is gone.
+
+        Raises:
+            StateLostError: the stored owner epoch is older than ``epoch``.
+        """
         ...
 
     def commit(self, changes: Mapping[bytes, bytes | None], stamp: Stamp, epoch: int) -> None:
-        """Write ``changes`` (None = delete) and then ``stamp``, refusing if fenced.
+        """Write ``changes`` (None = delete) and then ``stamp``, refusing unless
+        ``epoch`` is the stored owner epoch.
 
         Raises:
             FencedError: a newer owner epoch holds the partition.
+            StateLostError: the stored owner epoch is older (the state is gone).
         """
         ...
 
@@ -130,7 +139,8 @@ class StorePartition(Protocol):
         ...
 
     def copy_missing(self, items: Sequence[tuple[bytes, bytes]], epoch: int) -> int:
-        """Set each key that is absent (never overwrite); fenced; returns keys set."""
+        """Set each key that is absent (never overwrite); checks ``epoch`` as
+        :meth:`commit` does; returns keys set."""
         ...
 
     def clear_data(self) -> None:

@@ -80,7 +80,7 @@ class Table:
         """Read keys locally, then (mid-migration) the still-absent ones remotely."""
         cache = self._cache
         began = time.perf_counter()
-        values = self.backend.get_many(keys)
+        values = self.backend.get_many(keys, self.epoch)
         self.read_seconds += time.perf_counter() - began
         source = self.source
         if source is not None and not source.done:

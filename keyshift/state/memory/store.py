@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 
-from keyshift.errors import FencedError
+from keyshift.errors import FencedError, StateLostError
 from keyshift.state.base import Stamp
 
 
@@ -43,7 +43,9 @@ class MemoryPartition:
     def read_stamp(self) -> Stamp | None:
         return self.stamp
 
-    def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
+    def get_many(self, keys: Sequence[bytes], epoch: int = 0) -> list[bytes | None]:
+        if epoch and self.epoch < epoch:
+            raise StateLostError("memory store", f"owner epoch {self.epoch} < {epoch}")
         return [self.data.get(k) for k in keys]
 
     def commit(self, changes: Mapping[bytes, bytes | None], stamp: Stamp, epoch: int) -> None:
@@ -80,6 +82,8 @@ class MemoryPartition:
             raise FencedError(
                 f"owner epoch {self.epoch} > {epoch}: partition claimed by {self.owner}"
             )
+        if self.epoch < epoch:
+            raise StateLostError("memory store", f"owner epoch {self.epoch} < {epoch}")
 
     def scan(self, batch: int = 1000) -> Iterator[list[tuple[bytes, bytes]]]:
         items = list(self.data.items())

@@ -21,18 +21,24 @@ from typing import Any, cast
 
 import redis
 
-from keyshift.errors import FencedError, StateError
+from keyshift.errors import FencedError, StateError, StateLostError
 from keyshift.state.base import Stamp
 from keyshift.urls import redact
 
 CHUNK = 1000
 
-# Every write script starts by refusing an owner epoch older than the stored one.
+# Every write script starts by refusing an owner epoch other than the stored one:
+# an older one is a fenced owner; a newer one means the stored epoch (and with it
+# the state) is gone, e.g. the server restarted empty, and writing on would build
+# on nothing.
 _FENCE = """
 local epoch = tonumber(ARGV[1])
 local current = tonumber(redis.call('HGET', KEYS[2], 'epoch') or '0')
 if current > epoch then
   return redis.error_reply('FENCED owner epoch ' .. current .. ' > ' .. epoch)
+end
+if current < epoch then
+  return redis.error_reply('LOST owner epoch ' .. current .. ' < ' .. epoch)
 end
 """
 
@@ -117,13 +123,21 @@ class RedisPartition:
         raw = cast("bytes | None", self._r.hget(self.meta_key, "stamp"))
         return None if raw is None else Stamp.decode(raw)
 
-    def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
+    def get_many(self, keys: Sequence[bytes], epoch: int = 0) -> list[bytes | None]:
         if not keys:
             return []
         try:
-            return cast("list[bytes | None]", self._r.hmget(self.data_key, list(keys)))
+            if not epoch:
+                return cast("list[bytes | None]", self._r.hmget(self.data_key, list(keys)))
+            pipe = self._r.pipeline(transaction=False)
+            pipe.hget(self.meta_key, "epoch")
+            pipe.hmget(self.data_key, list(keys))
+            current, values = pipe.execute()
         except redis.RedisError as exc:
             raise StateError(f"state read from {self.data_key} failed: {exc}") from exc
+        if int(current or 0) < epoch:
+            raise StateLostError(self.meta_key, f"owner epoch {int(current or 0)} < {epoch}")
+        return cast("list[bytes | None]", values)
 
     def commit(self, changes: Mapping[bytes, bytes | None], stamp: Stamp, epoch: int) -> None:
         error = RedisPartition.commit_many([(self, changes, stamp, epoch)])[0]
@@ -187,6 +201,8 @@ class RedisPartition:
     def _error(self, exc: redis.ResponseError) -> StateError:
         if "FENCED" in str(exc):
             return FencedError(f"{self.meta_key}: {exc}")
+        if "LOST" in str(exc):
+            return StateLostError(self.meta_key, str(exc))
         return StateError(f"state write to {self.data_key} failed: {exc}")
 
     def owner_epoch(self) -> int:
