@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -27,12 +26,13 @@ from urllib.parse import urlsplit
 import pytest
 import redis
 
+from fakes import wait_for
 from keyshift.dev import read_env_file, up
 from keyshift.dev.ports import port_open
 from keyshift.procs import child_pids, cmdline
-from keyshift.state.base import Store
-from keyshift.state.memory import MemoryStore
-from keyshift.state.redis import RedisStore
+
+# The contract tests live in tests/contracts.py, a helper module: rewrite its asserts too.
+pytest.register_assert_rewrite("contracts")
 
 
 @dataclass(frozen=True)
@@ -176,12 +176,14 @@ def _no_leaked_children() -> Iterator[None]:
     me = os.getpid()
     before = set(child_pids(me))
     yield
-    deadline = time.monotonic() + 2.0
-    while True:
-        leaked = [p for p in child_pids(me) if p not in before and not _is_helper(p)]
-        if not leaked or time.monotonic() >= deadline:
-            break
-        time.sleep(0.05)
+
+    def leaked_now() -> list[int]:
+        return [p for p in child_pids(me) if p not in before and not _is_helper(p)]
+
+    # Children the test stopped may take a moment to be gone.
+    if wait_for(lambda: not leaked_now(), 2.0, 0.05):
+        return
+    leaked = leaked_now()
     if not leaked:
         return
     described = "; ".join(_describe(p) for p in leaked)
@@ -192,21 +194,3 @@ def _no_leaked_children() -> Iterator[None]:
         except (ProcessLookupError, ChildProcessError):
             pass
     pytest.fail(f"test leaked child process(es): {described}", pytrace=False)
-
-
-@pytest.fixture(
-    params=[
-        pytest.param("memory", marks=pytest.mark.unit),
-        pytest.param("redis", marks=pytest.mark.integration),
-    ]
-)
-def backend_store(request: pytest.FixtureRequest) -> Iterator[Store]:
-    """Every state backend in turn: the contract and transfer suites run on each."""
-    if request.param == "memory":
-        store: Store = MemoryStore()
-    else:
-        store = RedisStore(request.getfixturevalue("redis_url"))
-    try:
-        yield store
-    finally:
-        store.close()

@@ -745,10 +745,10 @@ class _HookedPartition:
         self._cluster = cluster
         self._life = life
 
-    def get_many(self, keys: Any) -> Any:
+    def get_many(self, keys: Any, epoch: int = 0) -> Any:
         if self._cluster.store_down:
             raise StateError("state backend down")
-        return self._inner.get_many(keys)
+        return self._inner.get_many(keys, epoch)
 
     def commit(self, changes: Any, stamp: Any, epoch: int) -> None:
         if self._life.dead:

@@ -1,4 +1,6 @@
-"""Helpers for integration tests: topics, producing, reading back, worker processes."""
+"""Helpers for integration tests: topics, producing, reading back, worker processes,
+and what a running app shows: its group's members and offsets, its migration
+events (``<app>--events``) and control messages (``<app>--control``)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import orjson
-from confluent_kafka import Producer
+from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
 from keyshift.runtime.kafka import read_topic as keyshift_read_topic
@@ -54,7 +56,7 @@ def produce_json(brokers: str, topic: str, values: Iterable[object], *, rate: fl
         producer.produce(topic, orjson.dumps(value), str(i).encode())
         if sleep:
             producer.poll(0)
-            time.sleep(sleep)
+            time.sleep(sleep)  # paces the load: ``rate`` records a second
     producer.flush(30)
 
 
@@ -120,8 +122,22 @@ def keyshift_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "keyshift", *args]
 
 
-def spawn(args: list[str], cwd: Path, log: Path) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, PYTHONPATH=str(cwd))
+def worker_env(directory: Path, **extra: str) -> dict[str, str]:
+    """The environment of worker processes whose app module is in ``directory``:
+    their own ``KEYSHIFT_HOME``, and every sandbox Redis as a peer (state moves
+    only between configured servers)."""
+    env = dict(os.environ, PYTHONPATH=str(directory), KEYSHIFT_HOME=str(directory / "home"),
+               KEYSHIFT_PEERS=os.environ.get("KEYSHIFT_REDIS_URLS", ""))
+    env.update(extra)
+    return env
+
+
+def spawn(args: list[str], cwd: Path, log: Path,
+          env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """``args`` in ``cwd``, output appended to ``log``; ``env`` defaults to this
+    process's, with ``cwd`` on PYTHONPATH."""
+    if env is None:
+        env = dict(os.environ, PYTHONPATH=str(cwd))
     with log.open("ab") as handle:
         return subprocess.Popen(args, cwd=cwd, env=env, stdout=handle, stderr=subprocess.STDOUT)
 
@@ -148,3 +164,92 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 60) -> int:
         proc.kill()
         proc.wait()
         raise
+
+
+# ------------------------------------------------------------------ what an app shows
+
+
+def converged(brokers: str, sink: str, expected: dict[str, int]) -> bool:
+    """The last value of every key in ``sink`` is the expected count."""
+    return final_counts(read_topic(brokers, sink, idle_s=0.5)) == expected
+
+
+def assert_strictly_increasing(brokers: str, sink: str) -> None:
+    """Each key's values in ``sink`` (read_committed) only grow: no output twice."""
+    for key, seq in values_by_key(read_topic(brokers, sink, read_committed=True)).items():
+        assert all(a < b for a, b in zip(seq, seq[1:], strict=False)), (key, seq)
+
+
+def events(brokers: str, app_id: str) -> list[dict[str, object]]:
+    """The app's migration events (``<app>--events``), oldest first."""
+    return [orjson.loads(v) for _, v, _ in read_topic(brokers, f"{app_id}--events", idle_s=1.0)
+            if v is not None]
+
+
+def control(brokers: str, app_id: str) -> list[dict[str, object]]:
+    """The app's control messages (``<app>--control``): how its workers
+    coordinated joins and leaves, oldest first."""
+    return [orjson.loads(v) for _, v, _ in read_topic(brokers, f"{app_id}--control", idle_s=1.0)
+            if v is not None]
+
+
+def group_assignment(admin: AdminClient, group: str) -> dict[str, set[tuple[str, int]]]:
+    """The partitions each member of consumer group ``group`` holds now, by
+    instance (a worker's client id is ``<app>--<instance>``); {} when the group
+    cannot be described."""
+    try:
+        described = admin.describe_consumer_groups([group], request_timeout=10)[group].result()
+    except KafkaException:
+        return {}
+    prefix = f"{group}--"
+    held: dict[str, set[tuple[str, int]]] = {}
+    for member in described.members:
+        name = str(member.client_id)
+        name = name[len(prefix):] if name.startswith(prefix) else name
+        parts = member.assignment.topic_partitions if member.assignment else []
+        held.setdefault(name, set()).update((tp.topic, tp.partition) for tp in parts)
+    return held
+
+
+def partition_count(admin: AdminClient, topic: str) -> int:
+    return len(admin.list_topics(topic, timeout=10).topics[topic].partitions)
+
+
+def _holds(held: dict[str, set[tuple[str, int]]], admin: AdminClient, topics: Iterable[str],
+           members: int) -> bool:
+    if len(held) != members or not all(held.values()):
+        return False
+    owned = set().union(*held.values())
+    return all((topic, p) in owned
+               for topic in topics for p in range(partition_count(admin, topic)))
+
+
+def group_holds(admin: AdminClient, group: str, topics: Iterable[str], members: int) -> bool:
+    """``group`` has ``members`` members, each holding partitions, and every
+    partition of ``topics`` is held by one of them."""
+    return _holds(group_assignment(admin, group), admin, topics, members)
+
+
+def settled(brokers: str, admin: AdminClient, app_id: str, topic: str, members: int,
+            store: str = "counts") -> bool:
+    """The group has ``members`` members, every partition of ``topic`` (the
+    input of ``store``'s tasks) is held, and the last migration event of each
+    of those tasks names its holder: every moved task's state is in place and
+    it has processed (or waited out) its first records."""
+    held = group_assignment(admin, app_id)
+    if not _holds(held, admin, [topic], members):
+        return False
+    holders = {p: name for name, parts in held.items() for t, p in parts if t == topic}
+    latest = {e["partition"]: e["to_instance"] for e in events(brokers, app_id)
+              if e["store"] == store}
+    return all(latest.get(p) == name for p, name in holders.items())
+
+
+def committed(admin: AdminClient, group: str, topic: str) -> int:
+    """How many records of ``topic`` the group has committed (its offsets' sum)."""
+    request = [ConsumerGroupTopicPartitions(group)]
+    try:
+        result = admin.list_consumer_group_offsets(request, request_timeout=10)[group].result()
+    except KafkaException:
+        return 0
+    return sum(max(tp.offset, 0) for tp in result.topic_partitions or [] if tp.topic == topic)

@@ -6,12 +6,12 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import orjson
 import pytest
 
+from fakes import wait_for
 from keyshift.errors import KeyshiftError
 from keyshift.orchestration.supervisor import (
     Slot,
@@ -38,8 +38,8 @@ def test_scale_never_signals_a_process_that_is_not_the_apps_supervisor() -> None
         path.write_bytes(orjson.dumps({"pid": bystander.pid, "app_ref": "examples.wc:app"}))
         with pytest.raises(KeyshiftError, match="no supervisor of app 'wc' is running"):
             request_scale("wc", 3)
-        time.sleep(0.2)
-        assert bystander.poll() is None  # not signalled
+        # Not signalled: it is still running a moment later.
+        assert not wait_for(lambda: bystander.poll() is not None, 0.2)
     finally:
         bystander.kill()
         bystander.wait()
@@ -50,10 +50,7 @@ def test_a_second_supervisor_of_the_same_app_is_refused() -> None:
     runner = threading.Thread(target=first.run)
     runner.start()
     try:
-        deadline = time.monotonic() + 10
-        while not run_file("wc").exists():
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        assert wait_for(lambda: run_file("wc").exists(), 10)
         second = Supervisor("examples.wc:app", "wc", 0, [], [], echo=False)
         with pytest.raises(KeyshiftError, match="another `keyshift run` of app 'wc'"):
             second.run()
@@ -91,10 +88,8 @@ def test_a_worker_stopped_by_an_instance_id_conflict_is_not_restarted() -> None:
     runner = threading.Thread(target=sup.run)
     runner.start()
     try:
-        deadline = time.monotonic() + 10
-        while not any(s.retired for s in sup.slots.values()):
-            assert time.monotonic() < deadline, "the slot was not retired"
-            time.sleep(0.05)
+        assert wait_for(lambda: any(s.retired for s in sup.slots.values()), 10), (
+            "the slot was not retired")
         (slot,) = sup.slots.values()
         assert len(slot.history) == 1  # started once, never restarted
     finally:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 import random
 import threading
-import time
 from collections import Counter
 from typing import Any
 
@@ -31,7 +30,7 @@ from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
 
-from fakes import Crash, FakeCluster, Life
+from fakes import Crash, FakeCluster, Life, wait_for
 from keyshift import App
 from keyshift.migrations.replay import ChangelogApplier
 from keyshift.runtime import coordinator
@@ -117,10 +116,8 @@ class CommitProtocol(RuleBasedStateMachine):
 
         thread = threading.Thread(target=run)
         thread.start()
-        deadline = time.monotonic() + 10
-        while not life.dead and not failure and not self._caught_up():
-            assert time.monotonic() < deadline, "the worker did not catch up"
-            time.sleep(0.002)
+        assert wait_for(lambda: life.dead or bool(failure) or self._caught_up(), 10), (
+            "the worker did not catch up")
         worker.stop()
         if crash is not None:
             event(f"crashed at {crash[0]}" if life.dead else "no crash")

@@ -3,25 +3,14 @@
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable
 
 import orjson
 import pytest
 
-from fakes import FakeCluster
+from fakes import FakeCluster, wait_for
 from keyshift import App
 
 pytestmark = pytest.mark.unit
-
-
-def wait_for(cond: Callable[[], bool], timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.005)
-    return cond()
 
 
 def make_app(guarantee: str = "at_least_once") -> App:
