@@ -105,6 +105,7 @@ class LatencyProbe(threading.Thread):
     def __init__(self, brokers: str, topic: str) -> None:
         super().__init__(daemon=True)
         self.samples: list[tuple[float, float]] = []
+        self.partitions: list[int] = []  # of each sample
         self.stop_flag = False
         self.c = Consumer({"bootstrap.servers": brokers, "group.id": f"probe-{uuid.uuid4().hex}",
                            "auto.offset.reset": "latest", "fetch.wait.max.ms": 10})
@@ -116,6 +117,7 @@ class LatencyProbe(threading.Thread):
                 if not m.error():
                     now = time.time() * 1000
                     self.samples.append((now, now - m.timestamp()[1]))
+                    self.partitions.append(m.partition())
         self.c.close()
 
 
@@ -200,8 +202,11 @@ class Load:
     def __init__(self, brokers: str, topic: str, keys: int, rate: float) -> None:
         self.topic, self.keys, self.rate = topic, keys, rate
         self.expected: dict[str, int] = {}
+        # murmur2, as keyshift's sink producer: a key's input and output partitions
+        # have the same number.
         self.producer = Producer({"bootstrap.servers": brokers, "linger.ms": 20,
-                                  "queue.buffering.max.messages": 2_000_000})
+                                  "queue.buffering.max.messages": 2_000_000,
+                                  "partitioner": "murmur2_random"})
         self._stop = threading.Event()
         self._feeder = threading.Thread(target=self._feed, daemon=True)
 
@@ -296,6 +301,11 @@ def run_strategy(strategy: str, args: argparse.Namespace, urls: list[str], share
         if key is not None and value is not None:
             final[key.decode()] = orjson.loads(value)
     events = [orjson.loads(v) for _, v, _ in read_all(brokers, f"{app_id}--events") if v]
+    if args.workdir:  # the raw material, for a closer look
+        (workdir / f"{app_id}.samples.json").write_bytes(orjson.dumps(
+            {"samples": probe.samples, "partitions": probe.partitions, "events": events,
+             "steady_end": steady_end,
+             "scale_times": scale_times}))
     return summarize(strategy, events, probe.samples, steady_end, scale_times, args.steps,
                      final == expected)
 

@@ -152,6 +152,6 @@ def _apply_group_configs(admin: AdminClient, settings: Settings) -> None:
                            "error": reason})
     applied = {k: v for k, v in configs.items() if k not in refused}
     if applied:
-        log.info("group configs set",
+        log.info("group configs in effect",
                  extra={"group": settings.app_id,
                         "configs": ",".join(f"{k}={v}" for k, v in applied.items())})

@@ -124,18 +124,23 @@ class Coordinator:
             view.hellos[inc] = (msg.instance, now)
         elif msg.kind == "join":
             view.joined.add(inc)
-            if inc != self.me:
-                self._requests.append(Request("join", msg.instance, inc))
+            self._request("join", msg)
         elif msg.kind == "leave":
             view.leaving[inc] = (msg.instance, now)
-            if inc != self.me:
-                self._requests.append(Request("leave", msg.instance, inc))
+            self._request("leave", msg)
         elif msg.kind == "last":
             view.last.add(inc)
         elif msg.kind == "bye":
             view.gone.add(inc)
         elif msg.kind == "ack" and msg.about is not None:
             view.acks.setdefault(msg.about, set()).add(msg.instance)
+
+    def _request(self, kind: str, msg: ControlMessage) -> None:
+        """Another worker's join or leave asks this one to commit, once this one is
+        a member itself: what it read before (the look-back, fellow joiners) is
+        not its to answer."""
+        if msg.incarnation != self.me and self._joined.is_set():
+            self._requests.append(Request(kind, msg.instance, msg.incarnation))
 
     def members(self, *, fresh: bool = False) -> set[str]:
         now = self._clock()
@@ -210,6 +215,7 @@ class Coordinator:
     def leave(self) -> None:
         """Say ``leave`` (the worker was asked to stop and has committed)."""
         self._leave_started = self._clock()
+        self.members(fresh=True)
         self.channel.publish("leave")
         self.channel.flush(1.0)
 

@@ -80,12 +80,18 @@ def consumer_group_configs(settings: Settings) -> dict[str, str]:
 def apply_group_configs(
     admin: AdminClient, group: str, configs: dict[str, str], timeout_s: float = 10.0
 ) -> dict[str, str]:
-    """Set each group config in its own request, so one the broker refuses (outside
-    its ``group.consumer.min/max.*`` bounds, unknown to an older broker, not
-    authorized) does not block the others. Returns the refused ones with the
-    broker's reason; a refused config keeps the broker's value."""
+    """Set the group configs that differ from the group's current ones, each in its
+    own request, so one the broker refuses (outside its ``group.consumer.min/max.*``
+    bounds, unknown to an older broker, not authorized) does not block the others.
+    Configs already set are not written again: every worker of the app applies
+    them when it starts, and a write to a live group's configs is not free.
+    Returns the refused ones with the broker's reason; a refused config keeps the
+    broker's value."""
     refused: dict[str, str] = {}
+    current = _group_configs(admin, group, timeout_s)
     for key, value in configs.items():
+        if current.get(key) == value:
+            continue
         entry = ConfigEntry(key, value, incremental_operation=AlterConfigOpType.SET)
         resource = ConfigResource(ResourceType.GROUP, group, incremental_configs=[entry])
         try:
@@ -95,6 +101,17 @@ def apply_group_configs(
         except KafkaException as exc:
             refused[key] = str(exc.args[0].str() if exc.args else exc)
     return refused
+
+
+def _group_configs(admin: AdminClient, group: str, timeout_s: float) -> dict[str, str]:
+    """The group's explicitly set configs ({} if they cannot be read)."""
+    try:
+        futures = admin.describe_configs([ConfigResource(ResourceType.GROUP, group)],
+                                         request_timeout=timeout_s)
+        return {name: str(entry.value) for future in futures.values()
+                for name, entry in future.result().items() if not entry.is_default}
+    except KafkaException:
+        return {}
 
 
 def producer_config(settings: Settings, transactional_id: str | None) -> dict[str, object]:
