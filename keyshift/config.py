@@ -15,10 +15,11 @@ are refused there. Redis AUTH/TLS go in the state URL
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal, get_args
 
 from keyshift.errors import ConfigError
@@ -235,7 +236,9 @@ class Settings:
             the broker must allow keyshift's group configs, see
             ``docs/deployment.md``) or ``classic`` (cooperative-sticky)
             (env ``KEYSHIFT_GROUP_PROTOCOL``).
-        on_error: ``dlq`` sends bad records to ``<app>--dlq``; ``raise`` stops the worker
+        on_error: what a record the processing code raises on does: ``dlq`` sends
+            it to ``<app>--dlq``; ``raise`` stops the worker. Records that cannot
+            be decoded go to the dead-letter topic either way
             (env ``KEYSHIFT_ON_ERROR``).
         migration: how a task's state reaches a new owner (env ``KEYSHIFT_MIGRATION``).
         cache_max_entries: write-back cache entries kept per task between commits
@@ -270,8 +273,19 @@ class Settings:
 
     @classmethod
     def build(cls, app_id: str, **given: Any) -> Settings:
-        """Build settings from explicit values (None = not given), env vars, defaults."""
+        """Build settings from explicit values (None = not given), env vars, defaults.
+
+        Raises:
+            ConfigError: a value is invalid, or a name is not a setting (a typo
+                would otherwise be silently ignored).
+        """
         _check_app_id(app_id)
+        known = {f.name for f in fields(cls)}
+        for name in given:
+            if name not in known:
+                close = difflib.get_close_matches(name, sorted(known), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ConfigError(name, f"not a keyshift setting{hint}")
 
         def pick(name: str, default: Any) -> Any:
             if given.get(name) is not None:

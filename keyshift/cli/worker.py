@@ -61,7 +61,10 @@ def _dump_stacks_on_sigusr1() -> None:
 
 @click.command()
 @APP_ARG
-@click.option("--instance-id", help="Stable instance id (static group membership).")
+@click.option(
+    "--instance-id",
+    help="This worker's id, unique in the app [default: generated; env KEYSHIFT_INSTANCE_ID].",
+)
 @click.option("--state", help="State URL [env KEYSHIFT_STATE].")
 @click.option(
     "--static-membership/--no-static-membership",

@@ -1,5 +1,5 @@
 """Migration events: one per moved task, as a structured log line and a record in
-``<app>-events``."""
+``<app>--events``."""
 
 from __future__ import annotations
 

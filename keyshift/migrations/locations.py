@@ -1,4 +1,4 @@
-"""Where each task's state lives: the compacted ``<app>-state-locations`` topic.
+"""Where each task's state lives: the compacted ``<app>--state-locations`` topic.
 
 Key ``<store>:<partition>``; value a :class:`Location` (instance, Redis URL
 without secrets, owner epoch, whether a progressive copy is still running and

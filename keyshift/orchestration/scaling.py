@@ -1,5 +1,5 @@
 """Changing how many workers run: through the local supervisor, docker compose or
-kubectl (``keyshift scale``; the autoscaler drives the same backends)."""
+kubectl (``keyshift scale``)."""
 
 from __future__ import annotations
 

@@ -133,8 +133,9 @@ def producer_config(settings: Settings, transactional_id: str | None) -> dict[st
 
 
 def consumer_config(settings: Settings, instance: str) -> dict[str, object]:
-    """The group consumer's configuration. Its ``client.id`` is ``<app>--<instance>``:
-    the other workers find the group's instances by it (see
+    """The group consumer's configuration. Its ``client.id`` is ``<app>--<instance>``
+    even when the ``kafka`` settings name one (they do for every other client): the
+    other workers find the group's instances by it (see
     :func:`keyshift.runtime.coordinator.group_instances`)."""
     config: dict[str, object] = {
         "group.id": settings.app_id,
@@ -142,7 +143,6 @@ def consumer_config(settings: Settings, instance: str) -> dict[str, object]:
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",
         "isolation.level": "read_committed" if settings.exactly_once else "read_uncommitted",
-        "client.id": f"{settings.app_id}--{instance}",
         "fetch.wait.max.ms": 100,
         "max.poll.interval.ms": 600_000,
         "group.protocol": settings.group_protocol,
@@ -154,6 +154,7 @@ def consumer_config(settings: Settings, instance: str) -> dict[str, object]:
     if settings.instance_id and settings.static_membership:
         config["group.instance.id"] = settings.instance_id
     config.update(settings.client_config())
+    config["client.id"] = f"{settings.app_id}--{instance}"
     if settings.group_protocol == "consumer":
         for key in _CONSUMER_ONLY_CLASSIC:
             config.pop(key, None)

@@ -415,3 +415,10 @@ def test_app_id_without_double_dash_or_trailing_dash(app_id: str) -> None:
 @pytest.mark.parametrize("app_id", ["a-b", "-a", "a.-b", "a-b-c"])
 def test_app_id_with_single_dashes(app_id: str) -> None:
     assert Settings.build(app_id).app_id == app_id
+
+
+def test_an_unknown_setting_is_refused_with_the_closest_name() -> None:
+    with pytest.raises(ConfigError, match="'comit_interval_ms'.*did you mean 'commit_interval_ms'"):
+        Settings.build("app", comit_interval_ms=5)
+    with pytest.raises(ConfigError, match="'zzz': not a keyshift setting$"):
+        Settings.build("app", zzz=1)

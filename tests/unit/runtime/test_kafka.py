@@ -59,3 +59,10 @@ def test_producer_config_takes_the_transaction_timeout() -> None:
     given = Settings.build("app", guarantee="exactly_once",
                            kafka={"transaction.timeout.ms": "60000"})
     assert producer_config(given, "t")["transaction.timeout.ms"] == "60000"
+
+
+def test_the_group_consumer_keeps_its_client_id_when_the_kafka_settings_name_one() -> None:
+    """The workers find each other's instances by the consumer's client id."""
+    settings = Settings.build("app", kafka={"client.id": "quota-name"})
+    assert consumer_config(settings, "w1")["client.id"] == "app--w1"
+    assert producer_config(settings, None)["client.id"] == "quota-name"
