@@ -39,17 +39,24 @@ from migration import (  # noqa: E402 - a sibling script, not a package
 )
 
 
-def run(protocol: str, args: argparse.Namespace, urls: list[str],
-        workdir: Path) -> dict[str, object]:
+def run(
+    protocol: str, args: argparse.Namespace, urls: list[str], workdir: Path
+) -> dict[str, object]:
     brokers = args.brokers
     rid = uuid.uuid4().hex[:6]
     app_id, source, sink = f"fo-{rid}", f"fo-src-{rid}", f"fo-out-{rid}"
     AdminClient({"bootstrap.servers": brokers}).create_topics(
-        [NewTopic(source, num_partitions=args.partitions)])[source].result(30)
+        [NewTopic(source, num_partitions=args.partitions)]
+    )[source].result(30)
     module = f"foapp_{rid}"
     (workdir / f"{module}.py").write_text(APP.format(app_id=app_id, source=source, sink=sink))
-    env = dict(os.environ, PYTHONPATH=str(workdir), KEYSHIFT_BROKERS=brokers,
-               KEYSHIFT_GROUP_PROTOCOL=protocol, KEYSHIFT_PEERS=",".join(urls))
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(workdir),
+        KEYSHIFT_BROKERS=brokers,
+        KEYSHIFT_GROUP_PROTOCOL=protocol,
+        KEYSHIFT_PEERS=",".join(urls),
+    )
     load = Load(brokers, source, args.keys, args.rate)
     with (workdir / f"{app_id}.log").open("wb") as log:
         fleet = Independent(f"{module}:app", urls, env, workdir, log, quiet=True, instances=2)
@@ -70,15 +77,27 @@ def run(protocol: str, args: argparse.Namespace, urls: list[str],
             fleet.stop()
     final = {k.decode(): orjson.loads(v) for k, v, _ in read_all(brokers, sink) if k and v}
     events = [orjson.loads(v) for _, v, _ in read_all(brokers, f"{app_id}--events") if v]
-    moved = [e for e in events if e["from_instance"] == "w1" and e["to_instance"] == "w0"
-             and e["assigned_ms"] > killed_ms and e["pause_ms"] is not None]
+    moved = [
+        e
+        for e in events
+        if e["from_instance"] == "w1"
+        and e["to_instance"] == "w0"
+        and e["assigned_ms"] > killed_ms
+        and e["pause_ms"] is not None
+    ]
     pauses = [float(e["pause_ms"]) for e in moved]
-    return {"protocol": protocol, "moves": len(moved),
-            "max_pause_ms": max(pauses, default=float("nan")), "p50_pause_ms": pct(pauses, 0.5),
-            "max_after_kill_ms": max((e["assigned_ms"] + (e["resume_ms"] or 0) - killed_ms
-                                      for e in moved), default=float("nan")),
-            "strategies": sorted({e["strategy"] for e in moved}),
-            "exact": final == load.expected}
+    return {
+        "protocol": protocol,
+        "moves": len(moved),
+        "max_pause_ms": max(pauses, default=float("nan")),
+        "p50_pause_ms": pct(pauses, 0.5),
+        "max_after_kill_ms": max(
+            (e["assigned_ms"] + (e["resume_ms"] or 0) - killed_ms for e in moved),
+            default=float("nan"),
+        ),
+        "strategies": sorted({e["strategy"] for e in moved}),
+        "exact": final == load.expected,
+    }
 
 
 def main() -> None:
@@ -101,13 +120,17 @@ def main() -> None:
         for proc in procs:
             proc.kill()
             proc.wait()
-    print("| protocol | moves | max pause ms | median pause ms | kill -> first record ms "
-          "| strategies | exact |")
+    print(
+        "| protocol | moves | max pause ms | median pause ms | kill -> first record ms "
+        "| strategies | exact |"
+    )
     print("|---|---:|---:|---:|---:|---|---|")
     for r in rows:
-        print(f"| {r['protocol']} | {r['moves']} | {r['max_pause_ms']:.0f} | "
-              f"{r['p50_pause_ms']:.0f} | {r['max_after_kill_ms']:.0f} | "
-              f"{','.join(r['strategies'])} | {'yes' if r['exact'] else 'NO'} |")
+        print(
+            f"| {r['protocol']} | {r['moves']} | {r['max_pause_ms']:.0f} | "
+            f"{r['p50_pause_ms']:.0f} | {r['max_after_kill_ms']:.0f} | "
+            f"{','.join(r['strategies'])} | {'yes' if r['exact'] else 'NO'} |"
+        )
 
 
 if __name__ == "__main__":

@@ -71,9 +71,23 @@ def start_redis(n: int) -> tuple[list[subprocess.Popen[bytes]], list[str]]:
     procs, urls = [], []
     for _ in range(n):
         port = free_port()
-        procs.append(subprocess.Popen(
-            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        procs.append(
+            subprocess.Popen(
+                [
+                    "redis-server",
+                    "--port",
+                    str(port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
         urls.append(f"redis://127.0.0.1:{port}/0")
     time.sleep(0.5)
     return procs, urls
@@ -86,8 +100,9 @@ def high_watermarks(brokers: str, topic: str) -> int:
         meta = c.list_topics(topic, timeout=10).topics.get(topic)
         if meta is None or meta.error is not None:
             return 0
-        return sum(c.get_watermark_offsets(TopicPartition(topic, p), 10)[1]
-                   for p in meta.partitions)
+        return sum(
+            c.get_watermark_offsets(TopicPartition(topic, p), 10)[1] for p in meta.partitions
+        )
     except KafkaException:  # e.g. a just-created topic without a leader yet
         return 0
     finally:
@@ -107,8 +122,14 @@ class LatencyProbe(threading.Thread):
         self.samples: list[tuple[float, float]] = []
         self.partitions: list[int] = []  # of each sample
         self.stop_flag = False
-        self.c = Consumer({"bootstrap.servers": brokers, "group.id": f"probe-{uuid.uuid4().hex}",
-                           "auto.offset.reset": "latest", "fetch.wait.max.ms": 10})
+        self.c = Consumer(
+            {
+                "bootstrap.servers": brokers,
+                "group.id": f"probe-{uuid.uuid4().hex}",
+                "auto.offset.reset": "latest",
+                "fetch.wait.max.ms": 10,
+            }
+        )
         self.c.subscribe([topic])
 
     def run(self) -> None:
@@ -144,19 +165,42 @@ def pct(values: list[float], q: float) -> float:
 class Supervised:
     """The workers run under ``keyshift run``; steps go through ``keyshift scale``."""
 
-    def __init__(self, ref: str, states: list[str], env: dict[str, str], workdir: Path,
-                 log: IO[bytes], quiet: bool, instances: int) -> None:
+    def __init__(
+        self,
+        ref: str,
+        states: list[str],
+        env: dict[str, str],
+        workdir: Path,
+        log: IO[bytes],
+        quiet: bool,
+        instances: int,
+    ) -> None:
         self.ref, self.env, self.workdir = ref, env, workdir
-        cmd = [sys.executable, "-m", "keyshift", "run", ref, "--instances", str(instances),
-               "--log-level", "WARNING" if quiet else "INFO"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "keyshift",
+            "run",
+            ref,
+            "--instances",
+            str(instances),
+            "--log-level",
+            "WARNING" if quiet else "INFO",
+        ]
         for url in states:
             cmd += ["--state", url]
-        self.proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=log,
-                                     stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            cmd, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
 
     def scale(self, n: int) -> None:
-        subprocess.run([sys.executable, "-m", "keyshift", "scale", self.ref, "--instances",
-                        str(n)], cwd=self.workdir, env=self.env, check=True, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "keyshift", "scale", self.ref, "--instances", str(n)],
+            cwd=self.workdir,
+            env=self.env,
+            check=True,
+            capture_output=True,
+        )
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
@@ -167,8 +211,16 @@ class Independent:
     """One ``keyshift worker`` process per instance, each with its own KEYSHIFT_HOME;
     a step starts processes or SIGTERMs the newest ones (like a StatefulSet)."""
 
-    def __init__(self, ref: str, states: list[str], env: dict[str, str], workdir: Path,
-                 log: IO[bytes], quiet: bool, instances: int) -> None:
+    def __init__(
+        self,
+        ref: str,
+        states: list[str],
+        env: dict[str, str],
+        workdir: Path,
+        log: IO[bytes],
+        quiet: bool,
+        instances: int,
+    ) -> None:
         self.ref, self.states, self.env, self.workdir, self.log = ref, states, env, workdir, log
         self.quiet = quiet
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -177,12 +229,30 @@ class Independent:
     def scale(self, n: int) -> None:
         while len(self.procs) < n:
             i = len(self.procs)
-            env = dict(self.env, KEYSHIFT_HOME=str(self.workdir / f"home-w{i}"),
-                       KEYSHIFT_STATE=self.states[i % len(self.states)])
-            self.procs.append(subprocess.Popen(
-                [sys.executable, "-m", "keyshift", "worker", self.ref, "--instance-id", f"w{i}",
-                 "--log-level", "WARNING" if self.quiet else "INFO"],
-                cwd=self.workdir, env=env, stdout=self.log, stderr=subprocess.STDOUT))
+            env = dict(
+                self.env,
+                KEYSHIFT_HOME=str(self.workdir / f"home-w{i}"),
+                KEYSHIFT_STATE=self.states[i % len(self.states)],
+            )
+            self.procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "keyshift",
+                        "worker",
+                        self.ref,
+                        "--instance-id",
+                        f"w{i}",
+                        "--log-level",
+                        "WARNING" if self.quiet else "INFO",
+                    ],
+                    cwd=self.workdir,
+                    env=env,
+                    stdout=self.log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
         stopping = self.procs[n:]
         self.procs = self.procs[:n]
         for proc in stopping:
@@ -204,9 +274,14 @@ class Load:
         self.expected: dict[str, int] = {}
         # murmur2, as keyshift's sink producer: a key's input and output partitions
         # have the same number.
-        self.producer = Producer({"bootstrap.servers": brokers, "linger.ms": 20,
-                                  "queue.buffering.max.messages": 2_000_000,
-                                  "partitioner": "murmur2_random"})
+        self.producer = Producer(
+            {
+                "bootstrap.servers": brokers,
+                "linger.ms": 20,
+                "queue.buffering.max.messages": 2_000_000,
+                "partitioner": "murmur2_random",
+            }
+        )
         self._stop = threading.Event()
         self._feeder = threading.Thread(target=self._feed, daemon=True)
 
@@ -251,8 +326,9 @@ def wait_for_outputs(brokers: str, sink: str, count: int, timeout_s: float) -> N
         time.sleep(1)
 
 
-def run_strategy(strategy: str, args: argparse.Namespace, urls: list[str], shared: str,
-                 workdir: Path) -> dict[str, object]:
+def run_strategy(
+    strategy: str, args: argparse.Namespace, urls: list[str], shared: str, workdir: Path
+) -> dict[str, object]:
     brokers = args.brokers
     rid = uuid.uuid4().hex[:6]
     app_id, source, sink = f"mig-{rid}", f"mig-src-{rid}", f"mig-out-{rid}"
@@ -262,16 +338,23 @@ def run_strategy(strategy: str, args: argparse.Namespace, urls: list[str], share
     (workdir / f"{module}.py").write_text(APP.format(app_id=app_id, source=source, sink=sink))
     ref = f"{module}:app"
     mode = "auto" if strategy in ("handoff", "progressive") else strategy
-    env = dict(os.environ, PYTHONPATH=str(workdir), KEYSHIFT_HOME=str(workdir / "home"),
-               KEYSHIFT_MIGRATION=mode, KEYSHIFT_BROKERS=brokers,
-               KEYSHIFT_GROUP_PROTOCOL=args.group_protocol, KEYSHIFT_PEERS=",".join(urls),
-               KEYSHIFT_STATIC_MEMBERSHIP=str(args.stable_ids).lower())
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(workdir),
+        KEYSHIFT_HOME=str(workdir / "home"),
+        KEYSHIFT_MIGRATION=mode,
+        KEYSHIFT_BROKERS=brokers,
+        KEYSHIFT_GROUP_PROTOCOL=args.group_protocol,
+        KEYSHIFT_PEERS=",".join(urls),
+        KEYSHIFT_STATIC_MEMBERSHIP=str(args.stable_ids).lower(),
+    )
     states = [shared] if strategy == "handoff" else urls
     load = Load(brokers, source, args.keys, args.rate)
     log = (workdir / f"{app_id}.log").open("wb")
     fleet_type = Independent if args.deployment == "independent" else Supervised
-    fleet = fleet_type(ref, states, env, workdir, log, quiet=not args.workdir,
-                       instances=args.steps[0])
+    fleet = fleet_type(
+        ref, states, env, workdir, log, quiet=not args.workdir, instances=args.steps[0]
+    )
     try:
         # 1. build state
         load.build()
@@ -302,23 +385,45 @@ def run_strategy(strategy: str, args: argparse.Namespace, urls: list[str], share
             final[key.decode()] = orjson.loads(value)
     events = [orjson.loads(v) for _, v, _ in read_all(brokers, f"{app_id}--events") if v]
     if args.workdir:  # the raw material, for a closer look
-        (workdir / f"{app_id}.samples.json").write_bytes(orjson.dumps(
-            {"samples": probe.samples, "partitions": probe.partitions, "events": events,
-             "steady_end": steady_end,
-             "scale_times": scale_times}))
-    return summarize(strategy, events, probe.samples, steady_end, scale_times, args.steps,
-                     final == expected)
+        (workdir / f"{app_id}.samples.json").write_bytes(
+            orjson.dumps(
+                {
+                    "samples": probe.samples,
+                    "partitions": probe.partitions,
+                    "events": events,
+                    "steady_end": steady_end,
+                    "scale_times": scale_times,
+                }
+            )
+        )
+    return summarize(
+        strategy, events, probe.samples, steady_end, scale_times, args.steps, final == expected
+    )
 
 
-def summarize(strategy: str, events: list[dict[str, Any]], samples: list[tuple[float, float]],
-              steady_end: float, scale_times: list[float], steps: list[int],
-              exact: bool) -> dict[str, object]:
+def summarize(
+    strategy: str,
+    events: list[dict[str, Any]],
+    samples: list[tuple[float, float]],
+    steady_end: float,
+    scale_times: list[float],
+    steps: list[int],
+    exact: bool,
+) -> dict[str, object]:
     """One strategy's row: pauses of the moves after the steady phase, latency
     percentiles steady and during migrations (overall and by step), keys/s."""
-    moved = [e for e in events if e["from_instance"] not in (None, e["to_instance"])
-             and e["assigned_ms"] >= steady_end]
-    windows = [(e["assigned_ms"] - 2000, e["assigned_ms"] + (e["duration_ms"] or 0)
-                + (e["pause_ms"] or 0) + 1000) for e in moved]
+    moved = [
+        e
+        for e in events
+        if e["from_instance"] not in (None, e["to_instance"]) and e["assigned_ms"] >= steady_end
+    ]
+    windows = [
+        (
+            e["assigned_ms"] - 2000,
+            e["assigned_ms"] + (e["duration_ms"] or 0) + (e["pause_ms"] or 0) + 1000,
+        )
+        for e in moved
+    ]
     steady = [lat for t, lat in samples if t < steady_end]
     during = [lat for t, lat in samples if any(a <= t <= b for a, b in windows)]
     # The same, step by step (a move belongs to the step whose scale command
@@ -326,19 +431,31 @@ def summarize(strategy: str, events: list[dict[str, Any]], samples: list[tuple[f
     bounds = [*scale_times, float("inf")]
     p99_by_step = {}
     for i, (before, after) in enumerate(zip(steps, steps[1:], strict=False)):
-        spans = [w for w, e in zip(windows, moved, strict=True)
-                 if bounds[i] <= e["assigned_ms"] < bounds[i + 1]]
+        spans = [
+            w
+            for w, e in zip(windows, moved, strict=True)
+            if bounds[i] <= e["assigned_ms"] < bounds[i + 1]
+        ]
         name = f"{before}->{after}"
         p99_by_step[name if name not in p99_by_step else f"{name} (step {i + 1})"] = pct(
-            [lat for t, lat in samples if any(a <= t <= b for a, b in spans)], 0.99)
+            [lat for t, lat in samples if any(a <= t <= b for a, b in spans)], 0.99
+        )
     keys_moved = sum(int(e["keys"]) for e in moved)
     # A task that got no record within its event's idle limit has no pause.
     paused = [e for e in moved if e["pause_ms"] is not None]
     # Wall-clock time during which some copy ran: progressive copies of one
     # assignment run side by side, so summing their durations would understate
     # the rate by that concurrency.
-    move_seconds = covered_ms([(e["assigned_ms"], e["assigned_ms"] + (e["duration_ms"] or 0))
-                               for e in moved if e["keys"]]) / 1000
+    move_seconds = (
+        covered_ms(
+            [
+                (e["assigned_ms"], e["assigned_ms"] + (e["duration_ms"] or 0))
+                for e in moved
+                if e["keys"]
+            ]
+        )
+        / 1000
+    )
     return {
         "strategy": strategy,
         "moves": len(moved),
@@ -348,8 +465,10 @@ def summarize(strategy: str, events: list[dict[str, Any]], samples: list[tuple[f
         "max_resume_ms": max((e["resume_ms"] for e in paused), default=0),
         "p50_pause_ms": pct([float(e["pause_ms"]) for e in paused], 0.5),
         "p50_resume_ms": pct([float(e["resume_ms"]) for e in paused], 0.5),
-        "p50_steady": pct(steady, 0.5), "p99_steady": pct(steady, 0.99),
-        "p50_migr": pct(during, 0.5), "p99_migr": pct(during, 0.99),
+        "p50_steady": pct(steady, 0.5),
+        "p99_steady": pct(steady, 0.99),
+        "p50_migr": pct(during, 0.5),
+        "p99_migr": pct(during, 0.99),
         "p99_by_step": p99_by_step,
         "duration_s": max((e["duration_ms"] or 0 for e in moved), default=0) / 1000,
         "keys_per_s": keys_moved / move_seconds if move_seconds else 0.0,
@@ -362,15 +481,23 @@ def main() -> None:
     parser.add_argument("--keys", type=int, default=1_000_000)
     parser.add_argument("--partitions", type=int, default=12)
     parser.add_argument("--rate", type=float, default=4000.0, help="records/s during steps")
-    parser.add_argument("--steps", type=lambda s: [int(x) for x in s.split(",")],
-                        default=[1, 2, 4, 2, 1])
+    parser.add_argument(
+        "--steps", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 4, 2, 1]
+    )
     parser.add_argument("--step-seconds", type=float, default=15.0)
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
     parser.add_argument("--group-protocol", choices=["classic", "consumer"], default="consumer")
-    parser.add_argument("--deployment", choices=["supervised", "independent"],
-                        default="supervised", help="keyshift run, or one process per instance")
-    parser.add_argument("--stable-ids", action="store_true",
-                        help="static group membership (group.instance.id = instance id)")
+    parser.add_argument(
+        "--deployment",
+        choices=["supervised", "independent"],
+        default="supervised",
+        help="keyshift run, or one process per instance",
+    )
+    parser.add_argument(
+        "--stable-ids",
+        action="store_true",
+        help="static group membership (group.instance.id = instance id)",
+    )
     parser.add_argument("--workdir", help="keep app modules and worker logs here")
     parser.add_argument("--brokers", default=os.environ.get("KEYSHIFT_BROKERS", "127.0.0.1:9092"))
     args = parser.parse_args()
@@ -386,8 +513,9 @@ def main() -> None:
                 print(f"running {strategy} ({args.keys} keys, steps {args.steps})...", flush=True)
                 rows.append(run_strategy(strategy, args, urls, shared, Path(tmp)))
                 for proc_url in urls:  # fresh Redis contents for the next strategy
-                    subprocess.run(["redis-cli", "-u", proc_url, "FLUSHALL"],
-                                   capture_output=True, check=False)
+                    subprocess.run(
+                        ["redis-cli", "-u", proc_url, "FLUSHALL"], capture_output=True, check=False
+                    )
     finally:
         for proc in procs:
             proc.kill()
@@ -396,21 +524,30 @@ def main() -> None:
 
 
 def print_report(rows: list[dict[str, Any]]) -> None:
-    head = (f"{'strategy':<14}{'moves':>6}{'max pause ms':>14}{'beyond rebal.':>14}"
-            f"{'p50/p99 steady ms':>20}"
-            f"{'p50/p99 migr ms':>18}{'duration s':>12}{'keys/s':>10}{'exact':>7}")
+    head = (
+        f"{'strategy':<14}{'moves':>6}{'max pause ms':>14}{'beyond rebal.':>14}"
+        f"{'p50/p99 steady ms':>20}"
+        f"{'p50/p99 migr ms':>18}{'duration s':>12}{'keys/s':>10}{'exact':>7}"
+    )
     print(head)
     for r in rows:
-        print(f"{r['strategy']:<14}{r['moves']:>6}{r['max_pause_ms']:>14.0f}"
-              f"{r['max_resume_ms']:>14.0f}"
-              f"{r['p50_steady']:>10.0f}/{r['p99_steady']:<9.0f}"
-              f"{r['p50_migr']:>8.0f}/{r['p99_migr']:<9.0f}{r['duration_s']:>12.2f}"
-              f"{r['keys_per_s']:>10.0f}{'yes' if r['exact'] else 'NO':>7}")
+        print(
+            f"{r['strategy']:<14}{r['moves']:>6}{r['max_pause_ms']:>14.0f}"
+            f"{r['max_resume_ms']:>14.0f}"
+            f"{r['p50_steady']:>10.0f}/{r['p99_steady']:<9.0f}"
+            f"{r['p50_migr']:>8.0f}/{r['p99_migr']:<9.0f}{r['duration_s']:>12.2f}"
+            f"{r['keys_per_s']:>10.0f}{'yes' if r['exact'] else 'NO':>7}"
+        )
     for r in rows:
-        print(f"{r['strategy']}: per move, median pause {r['p50_pause_ms']:.0f} ms, "
-              f"median after assignment {r['p50_resume_ms']:.0f} ms"
-              + (f" ({r['without_pause']} moves without a first record, no pause)"
-                 if r["without_pause"] else ""))
+        print(
+            f"{r['strategy']}: per move, median pause {r['p50_pause_ms']:.0f} ms, "
+            f"median after assignment {r['p50_resume_ms']:.0f} ms"
+            + (
+                f" ({r['without_pause']} moves without a first record, no pause)"
+                if r["without_pause"]
+                else ""
+            )
+        )
     by = {r["strategy"]: r for r in rows}
     if "replay" in by:
         for s in ("progressive", "handoff"):
@@ -419,13 +556,17 @@ def print_report(rows: list[dict[str, Any]]) -> None:
                 print(f"replay max pause / {s} max pause = {ratio:.1f}x")
     for r in rows:
         if r["p99_steady"] == r["p99_steady"] and r["p99_steady"]:
-            print(f"{r['strategy']}: p99 during migration / steady = "
-                  f"{r['p99_migr'] / r['p99_steady']:.2f}x")
+            print(
+                f"{r['strategy']}: p99 during migration / steady = "
+                f"{r['p99_migr'] / r['p99_steady']:.2f}x"
+            )
     for r in rows:
         steps = r["p99_by_step"]
         assert isinstance(steps, dict)
-        print(f"{r['strategy']}: p99 during migration by step: "
-              + ", ".join(f"{k} {v:.0f} ms" for k, v in steps.items()))
+        print(
+            f"{r['strategy']}: p99 during migration by step: "
+            + ", ".join(f"{k} {v:.0f} ms" for k, v in steps.items())
+        )
 
 
 if __name__ == "__main__":

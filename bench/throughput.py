@@ -36,8 +36,15 @@ def load(brokers: str, topic: str, n: int, vocab: int) -> None:
     admin = AdminClient({"bootstrap.servers": brokers})
     for f in admin.create_topics([NewTopic(topic, num_partitions=PARTITIONS)]).values():
         f.result(30)
-    p = Producer({"bootstrap.servers": brokers, "linger.ms": 50, "batch.num.messages": 10000,
-                  "queue.buffering.max.messages": 2_000_000, "partitioner": "murmur2_random"})
+    p = Producer(
+        {
+            "bootstrap.servers": brokers,
+            "linger.ms": 50,
+            "batch.num.messages": 10000,
+            "queue.buffering.max.messages": 2_000_000,
+            "partitioner": "murmur2_random",
+        }
+    )
     pad = "x" * 24
     for i in range(n):
         word = f"word{(i * 7919) % vocab:05d}"
@@ -52,12 +59,26 @@ def load(brokers: str, topic: str, n: int, vocab: int) -> None:
 
 def raw_loop(brokers: str, topic: str, n: int) -> float:
     out = f"{topic}-raw-out"
-    c = Consumer({"bootstrap.servers": brokers, "group.id": f"raw-{uuid.uuid4().hex[:6]}",
-                  "auto.offset.reset": "earliest", "enable.auto.commit": False,
-                  "fetch.wait.max.ms": 100})
-    p = Producer({"bootstrap.servers": brokers, "linger.ms": 10, "enable.idempotence": True,
-                  "acks": "all", "batch.num.messages": 10000, "partitioner": "murmur2_random",
-                  "queue.buffering.max.messages": 1_000_000})
+    c = Consumer(
+        {
+            "bootstrap.servers": brokers,
+            "group.id": f"raw-{uuid.uuid4().hex[:6]}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": 100,
+        }
+    )
+    p = Producer(
+        {
+            "bootstrap.servers": brokers,
+            "linger.ms": 10,
+            "enable.idempotence": True,
+            "acks": "all",
+            "batch.num.messages": 10000,
+            "partitioner": "murmur2_random",
+            "queue.buffering.max.messages": 1_000_000,
+        }
+    )
     admin = AdminClient({"bootstrap.servers": brokers})
     admin.create_topics([NewTopic(out, num_partitions=PARTITIONS)])[out].result(30)
     c.subscribe([topic])
@@ -123,8 +144,12 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--vocab", type=int, default=10_000)
     parser.add_argument("--brokers", default=os.environ.get("KEYSHIFT_BROKERS", "127.0.0.1:9092"))
-    parser.add_argument("--state", default=os.environ.get(
-        "KEYSHIFT_STATE", os.environ.get("KEYSHIFT_REDIS", "redis://127.0.0.1:6379/0")))
+    parser.add_argument(
+        "--state",
+        default=os.environ.get(
+            "KEYSHIFT_STATE", os.environ.get("KEYSHIFT_REDIS", "redis://127.0.0.1:6379/0")
+        ),
+    )
     args = parser.parse_args()
     topic = f"bench-src-{uuid.uuid4().hex[:6]}"
     print(f"loading {args.records} records into {topic} ({PARTITIONS} partitions)...", flush=True)

@@ -51,47 +51,76 @@ class Demo:
     def __init__(self, brokers: str, redis_urls: list[str]) -> None:
         self.brokers = brokers
         run_id = uuid.uuid4().hex[:6]
-        self.names = {"WORDCOUNT_APP": f"wordcount-{run_id}",
-                      "WORDCOUNT_SOURCE": f"sentences-{run_id}",
-                      "WORDCOUNT_SINK": f"word-counts-{run_id}"}
+        self.names = {
+            "WORDCOUNT_APP": f"wordcount-{run_id}",
+            "WORDCOUNT_SOURCE": f"sentences-{run_id}",
+            "WORDCOUNT_SINK": f"word-counts-{run_id}",
+        }
         per_instance = len(redis_urls) >= 3
         self.states = redis_urls[:3] if per_instance else redis_urls[:1]
-        self.env = dict(os.environ, **self.names, PYTHONPATH=str(ROOT),
-                        KEYSHIFT_HOME=os.environ.get("KEYSHIFT_HOME", str(ROOT / ".keyshift")))
+        self.env = dict(
+            os.environ,
+            **self.names,
+            PYTHONPATH=str(ROOT),
+            KEYSHIFT_HOME=os.environ.get("KEYSHIFT_HOME", str(ROOT / ".keyshift")),
+        )
         self.log_path = ROOT / ".keyshift" / f"demo-{run_id}.log"
         self.shown: set[bytes] = set()
-        say(f"app {self.names['WORDCOUNT_APP']}: "
+        say(
+            f"app {self.names['WORDCOUNT_APP']}: "
             + ("one Redis per instance " if per_instance else "one shared Redis ")
-            + ", ".join(self.states))
+            + ", ".join(self.states)
+        )
 
     def start(self) -> subprocess.Popen[bytes]:
         source = self.names["WORDCOUNT_SOURCE"]
         admin = AdminClient({"bootstrap.servers": self.brokers})
         admin.create_topics([NewTopic(source, num_partitions=6)])[source].result(30)
         self.log_path.parent.mkdir(exist_ok=True)
-        cmd = [sys.executable, "-m", "keyshift", "run", "examples.wordcount:app",
-               "--instances", "1"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "keyshift",
+            "run",
+            "examples.wordcount:app",
+            "--instances",
+            "1",
+        ]
         for url in self.states:
             cmd += ["--state", url]
         with self.log_path.open("wb") as log:
-            sup = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=log,
-                                   stderr=subprocess.STDOUT)
+            sup = subprocess.Popen(
+                cmd, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
         say(f"started `keyshift run ... --instances 1` (worker logs: {self.log_path})")
         return sup
 
     def produce(self, sentences: list[str]) -> None:
         producer = Producer({"bootstrap.servers": self.brokers, "linger.ms": 5})
         for i, sentence in enumerate(sentences):
-            producer.produce(self.names["WORDCOUNT_SOURCE"], orjson.dumps(sentence),
-                             str(i).encode())
+            producer.produce(
+                self.names["WORDCOUNT_SOURCE"], orjson.dumps(sentence), str(i).encode()
+            )
             producer.poll(0)
             time.sleep(1 / 1000)
         producer.flush(30)
 
     def scale(self, n: int) -> None:
         say(f"keyshift scale examples.wordcount:app --instances {n}")
-        subprocess.run([sys.executable, "-m", "keyshift", "scale", "examples.wordcount:app",
-                        "--instances", str(n)], cwd=ROOT, env=self.env, check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "keyshift",
+                "scale",
+                "examples.wordcount:app",
+                "--instances",
+                str(n),
+            ],
+            cwd=ROOT,
+            env=self.env,
+            check=True,
+        )
 
     def show_migrations(self) -> None:
         moved = 0
@@ -103,9 +132,11 @@ class Demo:
             if e["from_instance"] in (None, e["to_instance"]):
                 continue
             moved += 1
-            say(f"  migration {e['task']}: {e['from_instance']} -> {e['to_instance']} "
+            say(
+                f"  migration {e['task']}: {e['from_instance']} -> {e['to_instance']} "
                 f"{e['strategy']:<13} keys={e['keys']:<4} pause={e['pause_ms']} ms "
-                f"duration={e['duration_ms']} ms tail={e['tail_records']}")
+                f"duration={e['duration_ms']} ms tail={e['tail_records']}"
+            )
         if not moved:
             say("  (no stateful task changed owner in this step)")
 
@@ -113,8 +144,11 @@ class Demo:
         deadline = time.monotonic() + timeout_s
         final: dict[str, int] = {}
         while time.monotonic() < deadline:
-            final = {k.decode(): orjson.loads(v)
-                     for k, v in read(self.brokers, self.names["WORDCOUNT_SINK"]) if k and v}
+            final = {
+                k.decode(): orjson.loads(v)
+                for k, v in read(self.brokers, self.names["WORDCOUNT_SINK"])
+                if k and v
+            }
             if final == expected:
                 break
             time.sleep(2)

@@ -84,9 +84,11 @@ class StateLostError(StateError):
     owner finds no stamp and replays the changelog."""
 
     def __init__(self, where: str, detail: str) -> None:
-        super().__init__(f"{where}: {detail}: the task's state is gone from the store "
-                         "(restarted empty or flushed); the worker stops and the task's "
-                         "next owner replays its changelog")
+        super().__init__(
+            f"{where}: {detail}: the task's state is gone from the store "
+            "(restarted empty or flushed); the worker stops and the task's "
+            "next owner replays its changelog"
+        )
 
 
 class MigrationError(KeyshiftError):

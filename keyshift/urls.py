@@ -28,8 +28,13 @@ from redis.connection import (
 
 from keyshift.errors import ConfigError
 
-__all__ = ["REDIS_SCHEMES", "is_secret_parameter", "known_query_parameters", "redact",
-           "validate_redis_url"]
+__all__ = [
+    "REDIS_SCHEMES",
+    "is_secret_parameter",
+    "known_query_parameters",
+    "redact",
+    "validate_redis_url",
+]
 
 #: URL schemes redis-py opens, each with the connection class it uses.
 REDIS_SCHEMES: dict[str, type] = {
@@ -122,7 +127,8 @@ def _init_parameters(cls: type) -> set[str]:
             continue
         params = inspect.signature(init).parameters.values()
         names.update(
-            p.name for p in params
+            p.name
+            for p in params
             if p.name != "self"
             and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
         )
@@ -182,8 +188,10 @@ def _check_redis_url(url: str) -> None:
         raise _Invalid("expected a redis://, rediss:// or unix:// URL")
     try:
         if _misplaced_at(url):
-            raise _Invalid("'@' outside the user info; percent-encode '@', '/', '?' and '#' "
-                           "in a password (%40, %2F, %3F, %23) and '@' anywhere else")
+            raise _Invalid(
+                "'@' outside the user info; percent-encode '@', '/', '?' and '#' "
+                "in a password (%40, %2F, %3F, %23) and '@' anywhere else"
+            )
         parts = urlsplit(url)
     except _Invalid:
         raise
@@ -213,8 +221,9 @@ def _check_query(scheme: str, query: str) -> None:
     known = _KNOWN[scheme]
     for name, value in parse_qsl(query, keep_blank_values=True):
         if name not in known:
-            raise _Invalid(f"unknown query parameter {name!r}; {scheme}:// URLs take "
-                           f"{_names(known)}")
+            raise _Invalid(
+                f"unknown query parameter {name!r}; {scheme}:// URLs take {_names(known)}"
+            )
         parser = cast("Callable[[str], object] | None", URL_QUERY_ARGUMENT_PARSERS.get(name))
         if parser is not None and value:
             try:

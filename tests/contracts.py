@@ -76,8 +76,7 @@ class StoreContract:
         assert p1.claim("y") == 1
 
     def test_same_coordinates_same_partition(
-        self,
-        backend_store: Store, open_partition: Opener
+        self, backend_store: Store, open_partition: Opener
     ) -> None:
         part = open_partition("s", 3)
         e = part.claim("x")
@@ -350,12 +349,18 @@ def run_to_end(copy: ProgressiveCopy, limit: int = 10_000) -> int:
     return steps
 
 
-def begin_table(source: StorePartition, target: StorePartition
-                ) -> tuple[Table, ProgressiveCopy, Counting]:
+def begin_table(
+    source: StorePartition, target: StorePartition
+) -> tuple[Table, ProgressiveCopy, Counting]:
     counting = Counting(source)
     epoch = new_owner(source, target)
-    copy, stamp = ProgressiveCopy.begin(counting, target, epoch, "o",  # type: ignore[arg-type]
-                                        resume=False)
+    copy, stamp = ProgressiveCopy.begin(
+        counting,
+        target,
+        epoch,
+        "o",  # type: ignore[arg-type]
+        resume=False,
+    )
     table = Table(target)
     table.adopt(stamp, epoch)
     table.source = copy
@@ -486,8 +491,7 @@ class TransferContract:
         assert copy.fetch([]) == []
 
     def test_progressive_steps_copy_missing_only(
-        self,
-        pair: Pair, monkeypatch: pytest.MonkeyPatch
+        self, pair: Pair, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         monkeypatch.setattr(transfer, "BATCH", SMALL_BATCH)
         source, target = pair
@@ -549,8 +553,9 @@ class TransferContract:
         source, target = pair
         seed(source)
         table, copy, counting = begin_table(source, target)
-        target.commit({b"k1": orjson.dumps({"n": "local"})}, Stamp(501, 71, {}, table.epoch),
-                      table.epoch)
+        target.commit(
+            {b"k1": orjson.dumps({"n": "local"})}, Stamp(501, 71, {}, table.epoch), table.epoch
+        )
 
         assert table.get(b"k2") == {"n": 2}  # decoded source value
         assert counting.calls == [[b"k2"]]
@@ -602,7 +607,8 @@ class TransferContract:
 
     def test_chained_progressive_copy(
         self,
-        pair: Pair, third: StorePartition,
+        pair: Pair,
+        third: StorePartition,
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         """B is still copying from A when C takes the task: C reads B first, then A."""
@@ -625,16 +631,16 @@ class TransferContract:
         del expected[b"k9"]
         # On demand: B's value when B has the key, A's otherwise, nothing for deleted keys.
         late = f"k{N - 1}".encode()
-        assert copy.fetch([b"k0", b"fresh", late, b"k9"]) == [
-            b"newer", b"1", expected[late], None
-        ]
+        assert copy.fetch([b"k0", b"fresh", late, b"k9"]) == [b"newer", b"1", expected[late], None]
         run_to_end(copy)
         assert everything(third) == expected
         assert a.key_count() == 0 and b.key_count() == 0
 
     def test_chain_of_three_sources(
         self,
-        pair: Pair, third: StorePartition, backend_store: Store,
+        pair: Pair,
+        third: StorePartition,
+        backend_store: Store,
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         """A -> B -> C, both copies unfinished, then D: newest value wins, deletes hold."""
@@ -658,7 +664,10 @@ class TransferContract:
                 with pytest.raises(FencedError):
                     fenced.commit({b"zombie": b"1"}, Stamp(1, 1, {}, epoch), epoch)
             assert copy.fetch([b"k2", b"k1", b"k3", b"k8"]) == [
-                b"at-c", b"at-b", None, data()[b"k8"]
+                b"at-c",
+                b"at-b",
+                None,
+                data()[b"k8"],
             ]
             run_to_end(copy)
             expected = {**data(), b"k1": b"at-b", b"k2": b"at-c"}
@@ -668,8 +677,9 @@ class TransferContract:
         finally:
             d.clear()
 
-    def test_copy_back_to_a_set_aside_origin(self, backend_store: Store,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    def test_copy_back_to_a_set_aside_origin(
+        self, backend_store: Store, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         """A -> B mid-copy, then back to A: A's stale data is set aside and read last."""
         monkeypatch.setattr(transfer, "BATCH", SMALL_BATCH)
         run = uuid.uuid4().hex[:12]
@@ -714,7 +724,7 @@ class TransferContract:
             assert live.key_count() == 0
             assert live.read_stamp() == Stamp(2, 2, {}, epoch)  # the stamp is not moved
             assert live.set_aside("move-3") is True  # nothing live: the old aside copy is
-            assert aside.key_count() == 0            # emptied, not read as this move's
+            assert aside.key_count() == 0  # emptied, not read as this move's
 
     def test_set_aside_retried_for_the_same_move_keeps_the_aside_copy(
         self,

@@ -215,8 +215,12 @@ class FakeCluster:
         def store(url: str) -> FakeStore:
             return FakeStore(self.store(url), self, life)
 
-        return Clients(consumer=consumer, producer=producer,  # type: ignore[arg-type]
-                       admin=lambda config: FakeAdmin(self), store=store)  # type: ignore[arg-type]
+        return Clients(
+            consumer=consumer,
+            producer=producer,  # type: ignore[arg-type]
+            admin=lambda config: FakeAdmin(self),
+            store=store,
+        )  # type: ignore[arg-type]
 
     def store(self, url: str) -> MemoryStore:
         """One shared memory store per URL (``memory://a`` and ``memory://b`` differ)."""
@@ -241,8 +245,15 @@ class FakeCluster:
 
 
 def _message(topic: str, partition: int, offset: int, entry: _Entry) -> Message:
-    return Message(topic=topic, partition=partition, offset=offset, key=entry.key,
-                   value=entry.value, headers=entry.headers, timestamp=(1, entry.timestamp))
+    return Message(
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        key=entry.key,
+        value=entry.value,
+        headers=entry.headers,
+        timestamp=(1, entry.timestamp),
+    )
 
 
 def _error(code: int, text: str = "") -> KafkaException:
@@ -252,8 +263,9 @@ def _error(code: int, text: str = "") -> KafkaException:
 class FakeProducer:
     """A producer on a :class:`FakeCluster` (idempotent, optionally transactional)."""
 
-    def __init__(self, cluster: FakeCluster, config: dict[str, object],
-                 life: Life | None = None) -> None:
+    def __init__(
+        self, cluster: FakeCluster, config: dict[str, object], life: Life | None = None
+    ) -> None:
         self.cluster = cluster
         self.config = config
         self.life = life or Life()
@@ -277,9 +289,16 @@ class FakeProducer:
         self.fail_transaction_on: str | None = None
         self._txn_failed = False
 
-    def produce(self, topic: str, value: bytes | None = None, key: bytes | None = None,
-                partition: int = -1, on_delivery: Any = None, timestamp: int = 0,
-                headers: list[tuple[str, bytes]] | None = None) -> None:
+    def produce(
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        partition: int = -1,
+        on_delivery: Any = None,
+        timestamp: int = 0,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
         if self.life.dead:
             return
         self.cluster.hook("produce", self.life)
@@ -302,9 +321,13 @@ class FakeProducer:
         if partition < 0:
             count = self.cluster.partitions(topic) if topic in self.cluster.logs else 1
             partition = (hash(key) if key is not None else next(self._counter)) % count
-        entry = _Entry(key, value, list(headers) if headers else None,
-                       timestamp or int(time.time() * 1000),
-                       txn=self.txn_id if self._in_txn else None)  # type: ignore[arg-type]
+        entry = _Entry(
+            key,
+            value,
+            list(headers) if headers else None,
+            timestamp or int(time.time() * 1000),
+            txn=self.txn_id if self._in_txn else None,
+        )  # type: ignore[arg-type]
         self._queue.append((topic, partition, entry, on_delivery or self.on_delivery_default))
 
     def _deliver(self, limit: int | None = None) -> None:
@@ -326,8 +349,15 @@ class FakeProducer:
                 offset = self.cluster.append(topic, partition, entry)
                 if entry.txn is not None:
                     self._txn_records.append((topic, partition))
-            msg = Message(topic=topic, partition=partition, offset=offset, key=entry.key,
-                          value=entry.value, headers=entry.headers, error=err)
+            msg = Message(
+                topic=topic,
+                partition=partition,
+                offset=offset,
+                key=entry.key,
+                value=entry.value,
+                headers=entry.headers,
+                error=err,
+            )
             self._reports.append((callback, err, msg))
 
     def _next(self) -> int:
@@ -386,24 +416,28 @@ class FakeProducer:
 
     def _check_txn_failed(self) -> None:
         if self._txn_failed:
-            raise KafkaException(KafkaError(KafkaError._STATE, "the transaction failed",
-                                            txn_requires_abort=True))
+            raise KafkaException(
+                KafkaError(KafkaError._STATE, "the transaction failed", txn_requires_abort=True)
+            )
 
     def begin_transaction(self) -> None:
         self._check_fenced()
         self._in_txn = True
 
-    def send_offsets_to_transaction(self, offsets: list[TopicPartition], metadata: Any,
-                                    timeout: float = 0) -> None:
+    def send_offsets_to_transaction(
+        self, offsets: list[TopicPartition], metadata: Any, timeout: float = 0
+    ) -> None:
         self._check_fenced()
         self.cluster.hook("send_offsets_to_transaction", self.life)
         self._check_txn_failed()
         group_id, generation, member = metadata
         group = self.cluster.group(group_id)
-        if generation != group.generation or all(m.consumer is not member
-                                                 for m in group.members):
-            raise KafkaException(KafkaError(KafkaError.ILLEGAL_GENERATION, "generation moved",
-                                            txn_requires_abort=True))
+        if generation != group.generation or all(m.consumer is not member for m in group.members):
+            raise KafkaException(
+                KafkaError(
+                    KafkaError.ILLEGAL_GENERATION, "generation moved", txn_requires_abort=True
+                )
+            )
         self._txn_offsets.append((group_id, list(offsets)))
 
     def commit_transaction(self, timeout: float = 0) -> None:
@@ -446,8 +480,9 @@ class FakeProducer:
 class FakeConsumer:
     """A consumer on a :class:`FakeCluster` (group member or assign-only reader)."""
 
-    def __init__(self, cluster: FakeCluster, config: dict[str, object],
-                 life: Life | None = None) -> None:
+    def __init__(
+        self, cluster: FakeCluster, config: dict[str, object], life: Life | None = None
+    ) -> None:
         self.cluster = cluster
         self.config = config
         self.life = life or Life()
@@ -466,8 +501,9 @@ class FakeConsumer:
         self._losing: list[tuple[str, int]] = []
 
     # -- group membership ---------------------------------------------------------------
-    def subscribe(self, topics: list[str], on_assign: Any = None, on_revoke: Any = None,
-                  on_lost: Any = None) -> None:
+    def subscribe(
+        self, topics: list[str], on_assign: Any = None, on_revoke: Any = None, on_lost: Any = None
+    ) -> None:
         self._callbacks = {"assign": on_assign, "revoke": on_revoke, "lost": on_lost}
         group = self.cluster.group(self.group_id)
         self._member = _Member(self, list(topics))
@@ -556,8 +592,9 @@ class FakeConsumer:
             self.positions.pop((tp.topic, tp.partition), None)
             self.paused.discard((tp.topic, tp.partition))
 
-    def offsets_for_times(self, partitions: list[TopicPartition], timeout: float = 0
-                          ) -> list[TopicPartition]:
+    def offsets_for_times(
+        self, partitions: list[TopicPartition], timeout: float = 0
+    ) -> list[TopicPartition]:
         """The first offset at or after each given timestamp (-1: none, the end)."""
         out = []
         for tp in partitions:
@@ -590,22 +627,30 @@ class FakeConsumer:
     def resume(self, partitions: list[TopicPartition]) -> None:
         self.paused.difference_update((tp.topic, tp.partition) for tp in partitions)
 
-    def commit(self, offsets: list[TopicPartition] | None = None, asynchronous: bool = True,
-               **_: Any) -> None:
+    def commit(
+        self, offsets: list[TopicPartition] | None = None, asynchronous: bool = True, **_: Any
+    ) -> None:
         if self.life.dead:
             return
         self.cluster.hook("commit_offsets", self.life)
         for tp in offsets or []:
             self.cluster.offsets[(self.group_id, tp.topic, tp.partition)] = tp.offset
 
-    def committed(self, partitions: list[TopicPartition], timeout: float = 0
-                  ) -> list[TopicPartition]:
-        return [TopicPartition(tp.topic, tp.partition,
-                               self.cluster.offsets.get((self.group_id, tp.topic, tp.partition),
-                                                        -1001)) for tp in partitions]
+    def committed(
+        self, partitions: list[TopicPartition], timeout: float = 0
+    ) -> list[TopicPartition]:
+        return [
+            TopicPartition(
+                tp.topic,
+                tp.partition,
+                self.cluster.offsets.get((self.group_id, tp.topic, tp.partition), -1001),
+            )
+            for tp in partitions
+        ]
 
-    def get_watermark_offsets(self, tp: TopicPartition, timeout: float = 0,
-                              cached: bool = False) -> tuple[int, int]:
+    def get_watermark_offsets(
+        self, tp: TopicPartition, timeout: float = 0, cached: bool = False
+    ) -> tuple[int, int]:
         return 0, self.cluster.high(tp.topic, tp.partition)
 
     def list_topics(self, topic: str | None = None, timeout: float = 0) -> Any:
@@ -629,8 +674,11 @@ class FakeConsumer:
             if key in self.paused or len(out) >= num_messages:
                 continue
             topic, partition = key
-            end = (self.cluster.stable(topic, partition) if self.read_committed
-                   else self.cluster.high(topic, partition))
+            end = (
+                self.cluster.stable(topic, partition)
+                if self.read_committed
+                else self.cluster.high(topic, partition)
+            )
             log = self.cluster.logs[topic][partition]
             offset = self.positions[key]
             while offset < end and len(out) < num_messages:
@@ -641,8 +689,14 @@ class FakeConsumer:
             self.positions[key] = offset
             if offset >= end and self.eof and key not in self._eof_sent and len(out) < num_messages:
                 self._eof_sent.add(key)
-                out.append(Message(topic=topic, partition=partition, offset=offset,
-                                   error=KafkaError(KafkaError._PARTITION_EOF, "EOF")))
+                out.append(
+                    Message(
+                        topic=topic,
+                        partition=partition,
+                        offset=offset,
+                        error=KafkaError(KafkaError._PARTITION_EOF, "EOF"),
+                    )
+                )
             elif offset < end:
                 self._eof_sent.discard(key)
         return out
@@ -659,8 +713,9 @@ class FakeAdmin:
         for name, log in self.cluster.logs.items():
             if topic is not None and name != topic:
                 continue
-            parts = {p: SimpleNamespace(id=p, leader=0, replicas=[0], isrs=[0])
-                     for p in range(len(log))}
+            parts = {
+                p: SimpleNamespace(id=p, leader=0, replicas=[0], isrs=[0]) for p in range(len(log))
+            }
             topics[name] = SimpleNamespace(topic=name, partitions=parts, error=None)
         return SimpleNamespace(topics=topics)
 
@@ -681,8 +736,9 @@ class FakeAdmin:
         for resource in resources:
             future: Future[Any] = Future()
             config = self.cluster.configs.get(resource.name, {})
-            future.set_result({k: SimpleNamespace(name=k, value=v, is_default=False)
-                               for k, v in config.items()})
+            future.set_result(
+                {k: SimpleNamespace(name=k, value=v, is_default=False) for k, v in config.items()}
+            )
             out[resource] = future
         return out
 
@@ -698,20 +754,26 @@ class FakeAdmin:
         out: dict[str, Future[Any]] = {}
         for group_id in group_ids:
             future: Future[Any] = Future()
-            members = [SimpleNamespace(client_id=str(m.consumer.config.get("client.id", "")))
-                       for m in self.cluster.group(group_id).members]
+            members = [
+                SimpleNamespace(client_id=str(m.consumer.config.get("client.id", "")))
+                for m in self.cluster.group(group_id).members
+            ]
             future.set_result(SimpleNamespace(members=members))
             out[group_id] = future
         return out
 
-    def list_offsets(self, wanted: dict[TopicPartition, Any], isolation_level: Any = None,
-                     **_: Any) -> dict[TopicPartition, Future[Any]]:
+    def list_offsets(
+        self, wanted: dict[TopicPartition, Any], isolation_level: Any = None, **_: Any
+    ) -> dict[TopicPartition, Future[Any]]:
         committed = "COMMITTED" in str(isolation_level)
         out: dict[TopicPartition, Future[Any]] = {}
         for tp in wanted:
             future: Future[Any] = Future()
-            end = (self.cluster.stable(tp.topic, tp.partition) if committed
-                   else self.cluster.high(tp.topic, tp.partition))
+            end = (
+                self.cluster.stable(tp.topic, tp.partition)
+                if committed
+                else self.cluster.high(tp.topic, tp.partition)
+            )
             future.set_result(SimpleNamespace(offset=end))
             out[tp] = future
         return out
@@ -727,10 +789,12 @@ class FakeStore:
         self.cluster = cluster
         self.life = life
 
-    def partition(self, app_id: str, store: str, partition: int, *,
-                  aside: bool = False) -> _HookedPartition:
-        return _HookedPartition(self.store.partition(app_id, store, partition, aside=aside),
-                                self.cluster, self.life)
+    def partition(
+        self, app_id: str, store: str, partition: int, *, aside: bool = False
+    ) -> _HookedPartition:
+        return _HookedPartition(
+            self.store.partition(app_id, store, partition, aside=aside), self.cluster, self.life
+        )
 
     def ping(self) -> None:
         return None

@@ -64,8 +64,9 @@ def read_topic(
     brokers: str, topic: str, *, read_committed: bool = True, idle_s: float = 2.0
 ) -> list[tuple[bytes | None, bytes | None, dict[str, bytes]]]:
     """Every record of ``topic`` now (per-partition order): key, value, headers."""
-    msgs = keyshift_read_topic({"bootstrap.servers": brokers}, topic,
-                               read_committed=read_committed, idle_s=idle_s)
+    msgs = keyshift_read_topic(
+        {"bootstrap.servers": brokers}, topic, read_committed=read_committed, idle_s=idle_s
+    )
     return [(m.key(), m.value(), dict(m.headers() or [])) for m in msgs]
 
 
@@ -99,8 +100,15 @@ def wait_for(pred: Callable[[], bool], timeout: float, interval: float = 1.0) ->
     return pred()
 
 
-def write_app(directory: Path, module: str, app_id: str, source: str, sink: str,
-              guarantee: str, **settings: object) -> str:
+def write_app(
+    directory: Path,
+    module: str,
+    app_id: str,
+    source: str,
+    sink: str,
+    guarantee: str,
+    **settings: object,
+) -> str:
     extra = "".join(f", {k}={v!r}" for k, v in settings.items())
     code = f"""
     from keyshift import App
@@ -126,14 +134,19 @@ def worker_env(directory: Path, **extra: str) -> dict[str, str]:
     """The environment of worker processes whose app module is in ``directory``:
     their own ``KEYSHIFT_HOME``, and every sandbox Redis as a peer (state moves
     only between configured servers)."""
-    env = dict(os.environ, PYTHONPATH=str(directory), KEYSHIFT_HOME=str(directory / "home"),
-               KEYSHIFT_PEERS=os.environ.get("KEYSHIFT_REDIS_URLS", ""))
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(directory),
+        KEYSHIFT_HOME=str(directory / "home"),
+        KEYSHIFT_PEERS=os.environ.get("KEYSHIFT_REDIS_URLS", ""),
+    )
     env.update(extra)
     return env
 
 
-def spawn(args: list[str], cwd: Path, log: Path,
-          env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def spawn(
+    args: list[str], cwd: Path, log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     """``args`` in ``cwd``, output appended to ``log``; ``env`` defaults to this
     process's, with ``cwd`` on PYTHONPATH."""
     if env is None:
@@ -182,15 +195,21 @@ def assert_strictly_increasing(brokers: str, sink: str) -> None:
 
 def events(brokers: str, app_id: str) -> list[dict[str, object]]:
     """The app's migration events (``<app>--events``), oldest first."""
-    return [orjson.loads(v) for _, v, _ in read_topic(brokers, f"{app_id}--events", idle_s=1.0)
-            if v is not None]
+    return [
+        orjson.loads(v)
+        for _, v, _ in read_topic(brokers, f"{app_id}--events", idle_s=1.0)
+        if v is not None
+    ]
 
 
 def control(brokers: str, app_id: str) -> list[dict[str, object]]:
     """The app's control messages (``<app>--control``): how its workers
     coordinated joins and leaves, oldest first."""
-    return [orjson.loads(v) for _, v, _ in read_topic(brokers, f"{app_id}--control", idle_s=1.0)
-            if v is not None]
+    return [
+        orjson.loads(v)
+        for _, v, _ in read_topic(brokers, f"{app_id}--control", idle_s=1.0)
+        if v is not None
+    ]
 
 
 def group_assignment(admin: AdminClient, group: str) -> dict[str, set[tuple[str, int]]]:
@@ -205,7 +224,7 @@ def group_assignment(admin: AdminClient, group: str) -> dict[str, set[tuple[str,
     held: dict[str, set[tuple[str, int]]] = {}
     for member in described.members:
         name = str(member.client_id)
-        name = name[len(prefix):] if name.startswith(prefix) else name
+        name = name[len(prefix) :] if name.startswith(prefix) else name
         parts = member.assignment.topic_partitions if member.assignment else []
         held.setdefault(name, set()).update((tp.topic, tp.partition) for tp in parts)
     return held
@@ -215,13 +234,15 @@ def partition_count(admin: AdminClient, topic: str) -> int:
     return len(admin.list_topics(topic, timeout=10).topics[topic].partitions)
 
 
-def _holds(held: dict[str, set[tuple[str, int]]], admin: AdminClient, topics: Iterable[str],
-           members: int) -> bool:
+def _holds(
+    held: dict[str, set[tuple[str, int]]], admin: AdminClient, topics: Iterable[str], members: int
+) -> bool:
     if len(held) != members or not all(held.values()):
         return False
     owned = set().union(*held.values())
-    return all((topic, p) in owned
-               for topic in topics for p in range(partition_count(admin, topic)))
+    return all(
+        (topic, p) in owned for topic in topics for p in range(partition_count(admin, topic))
+    )
 
 
 def group_holds(admin: AdminClient, group: str, topics: Iterable[str], members: int) -> bool:
@@ -230,8 +251,9 @@ def group_holds(admin: AdminClient, group: str, topics: Iterable[str], members: 
     return _holds(group_assignment(admin, group), admin, topics, members)
 
 
-def settled(brokers: str, admin: AdminClient, app_id: str, topic: str, members: int,
-            store: str = "counts") -> bool:
+def settled(
+    brokers: str, admin: AdminClient, app_id: str, topic: str, members: int, store: str = "counts"
+) -> bool:
     """The group has ``members`` members, every partition of ``topic`` (the
     input of ``store``'s tasks) is held, and the last migration event of each
     of those tasks names its holder: every moved task's state is in place and
@@ -240,8 +262,9 @@ def settled(brokers: str, admin: AdminClient, app_id: str, topic: str, members: 
     if not _holds(held, admin, [topic], members):
         return False
     holders = {p: name for name, parts in held.items() for t, p in parts if t == topic}
-    latest = {e["partition"]: e["to_instance"] for e in events(brokers, app_id)
-              if e["store"] == store}
+    latest = {
+        e["partition"]: e["to_instance"] for e in events(brokers, app_id) if e["store"] == store
+    }
     return all(latest.get(p) == name for p, name in holders.items())
 
 

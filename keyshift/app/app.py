@@ -38,8 +38,9 @@ class App:
         guarantee: str | None = None,
         **settings: Any,
     ) -> None:
-        self._given: dict[str, Any] = dict(settings, brokers=brokers, state=state,
-                                           guarantee=guarantee)
+        self._given: dict[str, Any] = dict(
+            settings, brokers=brokers, state=state, guarantee=guarantee
+        )
         self.settings = Settings.build(app_id, **self._given)
         self.topology = Topology(app_id)
 

@@ -28,10 +28,20 @@ def _passthrough(**flags: object) -> list[str]:
 
 @click.command()
 @click.argument("app_ref", metavar="MODULE:APP")
-@click.option("--instances", "-n", type=click.IntRange(min=0), default=1, show_default=True,
-              help="Number of worker processes.")
-@click.option("--state", "states", multiple=True,
-              help="State URL; once (shared by all) or once per instance slot.")
+@click.option(
+    "--instances",
+    "-n",
+    type=click.IntRange(min=0),
+    default=1,
+    show_default=True,
+    help="Number of worker processes.",
+)
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    help="State URL; once (shared by all) or once per instance slot.",
+)
 @worker_options
 def run(
     app_ref: str,
@@ -56,9 +66,14 @@ def run(
             app.app_id,
             instances,
             list(states),
-            _passthrough(brokers=brokers, guarantee=guarantee, group_protocol=group_protocol,
-                         commit_interval_ms=commit_interval_ms, log_level=log_level,
-                         log_json=log_json),
+            _passthrough(
+                brokers=brokers,
+                guarantee=guarantee,
+                group_protocol=group_protocol,
+                commit_interval_ms=commit_interval_ms,
+                log_level=log_level,
+                log_json=log_json,
+            ),
         )
 
         def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -77,15 +92,27 @@ def run(
 
 @click.command()
 @click.argument("app_ref", metavar="MODULE:APP")
-@click.option("--instances", "-n", type=click.IntRange(min=0), required=True,
-              help="Wanted number of instances.")
-@click.option("--backend", type=click.Choice(["local", "compose", "kubernetes"]), default="local",
-              show_default=True, help="What runs the instances.")
-@click.option("--name", "name", help="Compose service [worker] or Kubernetes StatefulSet "
-              "[the app id] to scale.")
+@click.option(
+    "--instances",
+    "-n",
+    type=click.IntRange(min=0),
+    required=True,
+    help="Wanted number of instances.",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["local", "compose", "kubernetes"]),
+    default="local",
+    show_default=True,
+    help="What runs the instances.",
+)
+@click.option(
+    "--name",
+    "name",
+    help="Compose service [worker] or Kubernetes StatefulSet [the app id] to scale.",
+)
 @click.option("--dry-run", is_flag=True, help="Print what would be done instead of doing it.")
-def scale(app_ref: str, instances: int, backend: Backend, name: str | None,
-          dry_run: bool) -> None:
+def scale(app_ref: str, instances: int, backend: Backend, name: str | None, dry_run: bool) -> None:
     """Change the number of running instances of MODULE:APP.
 
     local: tells the running `keyshift run` supervisor (scale-in stops workers

@@ -33,8 +33,12 @@ class AppStatus:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "app": self.app, "group_state": self.state, "members": self.members,
-            "lag": self.lag, "state": self.locations, "last_migrations": self.migrations,
+            "app": self.app,
+            "group_state": self.state,
+            "members": self.members,
+            "lag": self.lag,
+            "state": self.locations,
+            "last_migrations": self.migrations,
             "skipped_locations": self.skipped_locations,
         }
 
@@ -85,7 +89,9 @@ def connectable(url: str, settings: Settings) -> str | None:
 
 
 def summarize_locations(
-    records: Iterable[tuple[bytes | None, bytes | None]], settings: Settings, *,
+    records: Iterable[tuple[bytes | None, bytes | None]],
+    settings: Settings,
+    *,
     open_store: Callable[[str], Store] = _open,
 ) -> tuple[list[dict[str, Any]], int]:
     """One entry per task from the locations topic's ``(key, value)`` records, sorted
@@ -100,9 +106,13 @@ def summarize_locations(
     entries: list[dict[str, Any]] = []
     try:
         for loc in latest.values():
-            entry: dict[str, Any] = {"task": f"{loc.store}[{loc.partition}]",
-                                     "instance": loc.instance, "url": loc.url,
-                                     "epoch": loc.epoch, "complete": loc.complete}
+            entry: dict[str, Any] = {
+                "task": f"{loc.store}[{loc.partition}]",
+                "instance": loc.instance,
+                "url": loc.url,
+                "epoch": loc.epoch,
+                "complete": loc.complete,
+            }
             url = connectable(loc.url, settings)
             if url is not None:
                 try:
@@ -148,13 +158,16 @@ def collect(settings: Settings, topology: Topology, *, migrations: int = 10) -> 
     status = AppStatus(settings.app_id, str(group.state).rsplit(".", 1)[-1])
     for member in group.members:
         parts = member.assignment.topic_partitions if member.assignment else []
-        status.members.append({
-            "instance": member.group_instance_id or member.client_id,
-            "host": member.host,
-            "partitions": sorted(f"{tp.topic}[{tp.partition}]" for tp in parts),
-        })
-    committed = admin.list_consumer_group_offsets(
-        [ConsumerGroupTopicPartitions(settings.app_id)])[settings.app_id].result(15)
+        status.members.append(
+            {
+                "instance": member.group_instance_id or member.client_id,
+                "host": member.host,
+                "partitions": sorted(f"{tp.topic}[{tp.partition}]" for tp in parts),
+            }
+        )
+    committed = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(settings.app_id)])[
+        settings.app_id
+    ].result(15)
     probe = Consumer({**settings.client_config(), "group.id": f"{settings.app_id}-status"})
     try:
         for tp in committed.topic_partitions:
@@ -164,11 +177,15 @@ def collect(settings: Settings, topology: Topology, *, migrations: int = 10) -> 
     finally:
         probe.close()
     status.locations, status.skipped_locations = summarize_locations(
-        ((m.key(), m.value()) for m in read_topic(settings.client_config(),
-                                                   topology.locations_topic)),
-        settings)
-    events = parse_events(m.value() for m in read_topic(settings.client_config(),
-                                                        topology.events_topic))
+        (
+            (m.key(), m.value())
+            for m in read_topic(settings.client_config(), topology.locations_topic)
+        ),
+        settings,
+    )
+    events = parse_events(
+        m.value() for m in read_topic(settings.client_config(), topology.events_topic)
+    )
     status.migrations = events[-migrations:]
     return status
 
@@ -177,8 +194,9 @@ def render(status: AppStatus) -> str:
     """Human-readable status."""
     lines = [f"app {status.app}: consumer group {status.state}, {len(status.members)} members"]
     for member in status.members:
-        lines.append(f"  {member['instance']} ({member['host']}): "
-                     f"{', '.join(member['partitions']) or '-'}")
+        lines.append(
+            f"  {member['instance']} ({member['host']}): {', '.join(member['partitions']) or '-'}"
+        )
     lines.append(f"lag: {sum(status.lag.values())} records in total")
     for tp, lag in sorted(status.lag.items()):
         lines.append(f"  {tp}: {lag}")
@@ -188,8 +206,9 @@ def render(status: AppStatus) -> str:
         note = "" if loc["complete"] else " (copy in progress)"
         if "note" in loc:
             note += f" ({loc['note']})"
-        lines.append(f"  {loc['task']}: {loc['instance']} {loc['url']} "
-                     f"epoch={loc['epoch']}{size}{note}")
+        lines.append(
+            f"  {loc['task']}: {loc['instance']} {loc['url']} epoch={loc['epoch']}{size}{note}"
+        )
     if status.skipped_locations:
         lines.append(f"  skipped {status.skipped_locations} malformed location records")
     lines.append("last migrations:")

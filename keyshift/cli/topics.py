@@ -59,13 +59,22 @@ def list_topics(brokers: str, show_all: bool) -> None:
 @click.argument("names", nargs=-1, required=True)
 @BROKERS
 @click.option("--partitions", "-p", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--replication-factor", "-r", type=int, default=-1,
-              help="Replicas per partition [default: the broker's default].")
+@click.option(
+    "--replication-factor",
+    "-r",
+    type=int,
+    default=-1,
+    help="Replicas per partition [default: the broker's default].",
+)
 @click.option("--compact", is_flag=True, help="cleanup.policy=compact.")
 @click.option("--config", "configs", multiple=True, metavar="KEY=VALUE", help="Topic config.")
 def create(
-    names: tuple[str, ...], brokers: str, partitions: int, replication_factor: int,
-    compact: bool, configs: tuple[str, ...],
+    names: tuple[str, ...],
+    brokers: str,
+    partitions: int,
+    replication_factor: int,
+    compact: bool,
+    configs: tuple[str, ...],
 ) -> None:
     """Create topics."""
     config: dict[str, str] = {}
@@ -76,8 +85,10 @@ def create(
         config[key] = value
     if compact:
         config["cleanup.policy"] = "compact"
-    new = [NewTopic(n, num_partitions=partitions, replication_factor=replication_factor,
-                    config=config) for n in names]
+    new = [
+        NewTopic(n, num_partitions=partitions, replication_factor=replication_factor, config=config)
+        for n in names
+    ]
     admin = _admin(brokers)  # must outlive the futures
     _wait(admin.create_topics(new, operation_timeout=30), "created")
 
@@ -93,8 +104,9 @@ def describe(name: str, brokers: str) -> None:
         raise click.ClickException(f"topic {name!r} does not exist")
     click.echo(f"topic {name}: {len(meta.partitions)} partitions")
     for pid, part in sorted(meta.partitions.items()):
-        click.echo(f"  partition {pid}: leader={part.leader} replicas={part.replicas} "
-                   f"isr={part.isrs}")
+        click.echo(
+            f"  partition {pid}: leader={part.leader} replicas={part.replicas} isr={part.isrs}"
+        )
     for future in admin.describe_configs([ConfigResource("topic", name)]).values():
         for key, entry in sorted(future.result(15).items()):
             if not entry.is_default:

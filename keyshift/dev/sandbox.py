@@ -264,14 +264,25 @@ def _up(
     libs = kafka.fetch_jars(version) if plan.kafka_start else None
     State(version, plan.cluster_id, plan.nodes, plan.redis_ports).save(run)
     _start(run, plan, libs, timeout)
-    sandbox = _describe(run, State(version, plan.cluster_id, plan.nodes, plan.redis_ports),
-                        plan.kafka_alive, plan.redis_alive)
+    sandbox = _describe(
+        run,
+        State(version, plan.cluster_id, plan.nodes, plan.redis_ports),
+        plan.kafka_alive,
+        plan.redis_alive,
+    )
     _write_env(sandbox)
     return sandbox
 
 
-def _plan(run: Path, state: State, brokers: int, redis_instances: int, version: str,
-          kafka_port: int, redis_port: int) -> _Plan:
+def _plan(
+    run: Path,
+    state: State,
+    brokers: int,
+    redis_instances: int,
+    version: str,
+    kafka_port: int,
+    redis_port: int,
+) -> _Plan:
     # Kafka: reuse a live cluster (restarting dead nodes in place) or plan a fresh one.
     kafka_alive = {n.index: pid for n in state.nodes if (pid := kafka_pid(run, n.index))}
     if kafka_alive:
@@ -295,9 +306,15 @@ def _plan(run: Path, state: State, brokers: int, redis_instances: int, version: 
                        for i in range(count)]  # fmt: skip
     else:
         redis_ports = [redis_port + i for i in range(count)]
-    return _Plan(nodes, cluster_id, kafka_alive,
-                 [n for n in nodes if n.index not in kafka_alive], redis_ports, redis_alive,
-                 [i for i in range(count) if i not in redis_alive])
+    return _Plan(
+        nodes,
+        cluster_id,
+        kafka_alive,
+        [n for n in nodes if n.index not in kafka_alive],
+        redis_ports,
+        redis_alive,
+        [i for i in range(count) if i not in redis_alive],
+    )
 
 
 def _assign_ports(plan: _Plan, auto_ports: bool) -> None:
@@ -321,8 +338,14 @@ def _assign_ports(plan: _Plan, auto_ports: bool) -> None:
     assign_ports(fixed, auto=False, in_use=taken)
     moved = assign_ports(movable, auto=auto_ports, in_use=lambda p: taken(p) or p in fixed.values())
     if not plan.kafka_alive:
-        plan.nodes = [KafkaNode(n.index, moved[f"kafka node {n.index} client"],
-                                moved[f"kafka node {n.index} controller"]) for n in plan.nodes]
+        plan.nodes = [
+            KafkaNode(
+                n.index,
+                moved[f"kafka node {n.index} client"],
+                moved[f"kafka node {n.index} controller"],
+            )
+            for n in plan.nodes
+        ]
         plan.kafka_start = plan.nodes
     for i in plan.redis_start:
         plan.redis_ports[i] = moved[f"redis {i}"]
@@ -345,8 +368,9 @@ def _start(run: Path, plan: _Plan, libs: Path | None, timeout: float) -> None:
         def kafka_alive_now() -> bool:
             return all(kafka_pid(run, n.index) for n in plan.nodes)
 
-        kafka.wait_ready(plan.nodes, timeout, [kafka_log(run, n.index) for n in plan.nodes],
-                         kafka_alive_now)
+        kafka.wait_ready(
+            plan.nodes, timeout, [kafka_log(run, n.index) for n in plan.nodes], kafka_alive_now
+        )
         for i, port in enumerate(plan.redis_ports):
             redis_server.wait_ready(
                 port, min(timeout, 30.0), redis_log(run, i), _redis_alive(run, i)

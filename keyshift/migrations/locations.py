@@ -83,8 +83,9 @@ def _int(fields: dict[str, Any], name: str, low: int, high: int | None) -> int:
 def _name(fields: dict[str, Any], name: str) -> str:
     value = fields[name]
     if not isinstance(value, str) or not value or len(value) > MAX_NAME_CHARS:
-        raise BadLocation(f"{name}: expected a string of 1-{MAX_NAME_CHARS} characters, "
-                          f"got {_show(value)}")
+        raise BadLocation(
+            f"{name}: expected a string of 1-{MAX_NAME_CHARS} characters, got {_show(value)}"
+        )
     return value
 
 
@@ -92,10 +93,12 @@ def _url(name: str, value: object, *, aside: bool = False) -> str:
     """``value`` if it is a URL string with a known scheme (``aside``: optionally
     ending in :data:`ASIDE`)."""
     if isinstance(value, str) and (split_aside(value)[0] if aside else value).startswith(
-            URL_SCHEMES):
+        URL_SCHEMES
+    ):
         return value
-    raise BadLocation(f"{name}: expected a URL starting with {', '.join(URL_SCHEMES)}, "
-                      f"got {_show(value)}")
+    raise BadLocation(
+        f"{name}: expected a URL starting with {', '.join(URL_SCHEMES)}, got {_show(value)}"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,22 +152,27 @@ class Location:
             raise BadLocation(f"not JSON: {exc}") from None
         if not isinstance(fields, dict):
             raise BadLocation(f"expected a JSON object, got {type(fields).__name__}")
-        missing = [name for name in ("store", "partition", "instance", "url", "epoch")
-                   if name not in fields]
+        missing = [
+            name
+            for name in ("store", "partition", "instance", "url", "epoch")
+            if name not in fields
+        ]
         if missing:
             raise BadLocation(f"missing field(s): {', '.join(missing)}")
         store = fields["store"]
         if not isinstance(store, str) or not _STORE_NAME.fullmatch(store):
-            raise BadLocation(f"store: expected 1+ characters of [A-Za-z0-9._-], "
-                              f"got {_show(store)}")
+            raise BadLocation(
+                f"store: expected 1+ characters of [A-Za-z0-9._-], got {_show(store)}"
+            )
         complete = fields.get("complete", True)
         if not isinstance(complete, bool):
             raise BadLocation(f"complete: expected true or false, got {_show(complete)}")
         source = fields.get("source")
         origins = fields.get("origins", [])
         if not isinstance(origins, list) or len(origins) > MAX_ORIGINS:
-            raise BadLocation(f"origins: expected a list of at most {MAX_ORIGINS} URLs, "
-                              f"got {_show(origins)}")
+            raise BadLocation(
+                f"origins: expected a list of at most {MAX_ORIGINS} URLs, got {_show(origins)}"
+            )
         aside_tag = fields.get("aside_tag")
         return cls(
             store=store,
@@ -175,8 +183,7 @@ class Location:
             complete=complete,
             source=None if source is None else _url("source", source),
             updated_ms=_int(fields, "updated_ms", 0, None) if "updated_ms" in fields else 0,
-            origins=tuple(_url(f"origins[{i}]", url, aside=True)
-                          for i, url in enumerate(origins)),
+            origins=tuple(_url(f"origins[{i}]", url, aside=True) for i, url in enumerate(origins)),
             aside_tag=None if aside_tag is None else _name(fields, "aside_tag"),
         )
 
@@ -195,17 +202,22 @@ def parse_record(key: bytes | None, value: bytes | None) -> Location | None:
         return None
     location = Location.decode(value)
     if location.key() != key:
-        raise BadLocation(f"key {_show(key)} does not match the value's "
-                          f"{_show(location.key())}")
+        raise BadLocation(f"key {_show(key)} does not match the value's {_show(location.key())}")
     return location
 
 
 class LocationsView:
     """A live, local copy of the locations topic plus a way to publish to it."""
 
-    def __init__(self, topic: str, consumer_conf: dict[str, object],
-                 producer_conf: dict[str, object], *, consumer: Consumer | None = None,
-                 producer: Producer | None = None) -> None:
+    def __init__(
+        self,
+        topic: str,
+        consumer_conf: dict[str, object],
+        producer_conf: dict[str, object],
+        *,
+        consumer: Consumer | None = None,
+        producer: Producer | None = None,
+    ) -> None:
         self.topic = topic
         self._consumer = consumer if consumer is not None else Consumer(consumer_conf)
         self._consumer.assign([TopicPartition(topic, 0, 0)])
@@ -259,10 +271,15 @@ class LocationsView:
                 if offset is not None:
                     self._last_skipped_offset = offset
                 self.skipped += 1
-                log.warning("skipping a malformed state location", extra={
-                    "topic": self.topic, "offset": offset,
-                    "key": None if key is None else _show(key), "error": str(exc),
-                })
+                log.warning(
+                    "skipping a malformed state location",
+                    extra={
+                        "topic": self.topic,
+                        "offset": offset,
+                        "key": None if key is None else _show(key),
+                        "error": str(exc),
+                    },
+                )
             return
         assert key is not None  # parse_record refuses a record without one
         if location is None:

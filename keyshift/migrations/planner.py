@@ -54,7 +54,9 @@ def _replay(reason: str) -> Plan:
 
 
 def _connect(
-    location: Location, local_url: str, resolve: Callable[[str], str | None],
+    location: Location,
+    local_url: str,
+    resolve: Callable[[str], str | None],
     reachable: Callable[[str], bool],
 ) -> tuple[tuple[str, ...], bool] | None:
     """Connectable URLs of the copy chain behind ``location`` (its source, then its
@@ -115,8 +117,12 @@ def plan(
     return Plan("progressive", source, reason=f"state lives in {location.url}")
 
 
-def _plan_local(location: Location, local_url: str, resolve: Callable[[str], str | None],
-                reachable: Callable[[str], bool]) -> Plan:
+def _plan_local(
+    location: Location,
+    local_url: str,
+    resolve: Callable[[str], str | None],
+    reachable: Callable[[str], bool],
+) -> Plan:
     """The state was last here: hand it over, or finish an interrupted copy."""
     if location.complete:
         return Plan("handoff", reason="state is already in this instance's Redis")
@@ -124,13 +130,23 @@ def _plan_local(location: Location, local_url: str, resolve: Callable[[str], str
     if connected is None:
         return _replay("interrupted copy whose source is gone")
     chain = connected[0]
-    return Plan("progressive", chain[0], resume=True, origin_urls=chain[1:],
-                reason="finishing an interrupted progressive copy")
+    return Plan(
+        "progressive",
+        chain[0],
+        resume=True,
+        origin_urls=chain[1:],
+        reason="finishing an interrupted progressive copy",
+    )
 
 
-def _plan_chained(location: Location, local_url: str, mode: str, source: str,
-                  resolve: Callable[[str], str | None],
-                  reachable: Callable[[str], bool]) -> Plan:
+def _plan_chained(
+    location: Location,
+    local_url: str,
+    mode: str,
+    source: str,
+    resolve: Callable[[str], str | None],
+    reachable: Callable[[str], bool],
+) -> Plan:
     """The source is itself still copying: copy from it and its own sources."""
     connected = None
     if mode != "stop-and-copy":

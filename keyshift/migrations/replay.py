@@ -112,8 +112,10 @@ class ChangelogApplier:
 
     def _skip(self, msg: Message, why: str) -> None:
         self.skipped_markers += 1
-        log.warning("skipping a changelog record with the marker key",
-                    extra={"where": self.where, "offset": msg.offset(), "reason": why})
+        log.warning(
+            "skipping a changelog record with the marker key",
+            extra={"where": self.where, "offset": msg.offset(), "reason": why},
+        )
 
     def _on_marker(self, msg: Message, marker: Stamp) -> None:
         pending, self._pending = self._pending, []
@@ -140,8 +142,9 @@ class ChangelogApplier:
     def _write(self) -> None:
         assert self.stamp is not None
         applied = self._applied
-        self.backend.commit(applied, replace(self.stamp, epoch=self.epoch, first_offset=-1),
-                            self.epoch)
+        self.backend.commit(
+            applied, replace(self.stamp, epoch=self.epoch, first_offset=-1), self.epoch
+        )
         self.written += len(applied)
         self._deleted.update(k for k, v in applied.items() if v is None)
         self._deleted.difference_update(k for k, v in applied.items() if v is not None)
@@ -218,8 +221,13 @@ def replay_changelog(
                 last_log = now
                 log.info(
                     "replaying changelog",
-                    extra={"topic": topic, "partition": partition, "records": applier.records,
-                           "end": high, "start": start},
+                    extra={
+                        "topic": topic,
+                        "partition": partition,
+                        "records": applier.records,
+                        "end": high,
+                        "start": start,
+                    },
                 )
         orphans, deleted = applier.finish()
     finally:
@@ -227,9 +235,13 @@ def replay_changelog(
     seconds = time.monotonic() - started
     log.info(
         "changelog replayed",
-        extra={"topic": topic, "partition": partition, "records": applier.records,
-               "keys_written": applier.written, "orphans": len(orphans),
-               "seconds": round(seconds, 3)},
+        extra={
+            "topic": topic,
+            "partition": partition,
+            "records": applier.records,
+            "keys_written": applier.written,
+            "orphans": len(orphans),
+            "seconds": round(seconds, 3),
+        },
     )
-    return ReplayResult(applier.stamp, applier.records, applier.written, seconds,
-                        orphans, deleted)
+    return ReplayResult(applier.stamp, applier.records, applier.written, seconds, orphans, deleted)

@@ -128,8 +128,9 @@ class Restorer:
                 self._sources[url] = store
             return store
 
-    def _partition(self, url: str, store: str, partition: int,
-                   move_tag: str | None = None) -> StorePartition:
+    def _partition(
+        self, url: str, store: str, partition: int, move_tag: str | None = None
+    ) -> StorePartition:
         """A source partition by chain URL (``#aside``: that Redis's aside copy).
 
         ``move_tag`` names the location a chained copy plans from. A live link
@@ -143,8 +144,10 @@ class Restorer:
         if not aside and move_tag is not None:
             set_aside = source.partition(app, store, partition, aside=True)
             if set_aside.aside_tag() == move_tag:
-                log.info("chain link was set aside for this move; reading its aside copy",
-                         extra={"url": redact(base), "task": f"{store}[{partition}]"})
+                log.info(
+                    "chain link was set aside for this move; reading its aside copy",
+                    extra={"url": redact(base), "task": f"{store}[{partition}]"},
+                )
                 return set_aside
         return source.partition(app, store, partition, aside=aside)
 
@@ -156,8 +159,12 @@ class Restorer:
         partition's pause. Unreachable servers are skipped (the planner deals
         with them). Returns how many servers answered."""
         self.restore_consumer()
-        urls = {split_aside(u)[0] for loc in self.locations.all()
-                for u in (loc.url, loc.source, *loc.origins) if u is not None}
+        urls = {
+            split_aside(u)[0]
+            for loc in self.locations.all()
+            for u in (loc.url, loc.source, *loc.origins)
+            if u is not None
+        }
         answered = 0
         for url in sorted(urls - {self.local_url}):
             resolved = self.resolve(url)
@@ -185,14 +192,16 @@ class Restorer:
         return True
 
     # -- restore ------------------------------------------------------------------
-    def open(self, store: str, partition: int, *, end: int | None = None,
-             assigned_ms: int | None = None) -> Restored:
+    def open(
+        self, store: str, partition: int, *, end: int | None = None, assigned_ms: int | None = None
+    ) -> Restored:
         """Restore ``store[partition]``; ``end``: its changelog end offset, if known;
         ``assigned_ms``: when the task was assigned (default: now)."""
         return self._complete(self._move(store, partition, assigned_ms), end)
 
-    def open_all(self, wanted: Sequence[tuple[str, int, int | None]], *,
-                 assigned_ms: int | None = None) -> Generator[Restored, None, None]:
+    def open_all(
+        self, wanted: Sequence[tuple[str, int, int | None]], *, assigned_ms: int | None = None
+    ) -> Generator[Restored, None, None]:
         """Restore several store partitions (``(store, partition, end)`` each), and
         yield each as soon as it is ready, in the order given.
 
@@ -207,11 +216,14 @@ class Restorer:
             for store, partition, end in wanted:
                 yield self.open(store, partition, end=end, assigned_ms=assigned_ms)
             return
-        pool = ThreadPoolExecutor(max_workers=min(RESTORE_THREADS, len(wanted)),
-                                  thread_name_prefix="keyshift-restore")
+        pool = ThreadPoolExecutor(
+            max_workers=min(RESTORE_THREADS, len(wanted)), thread_name_prefix="keyshift-restore"
+        )
         try:
-            moving = [pool.submit(self._move, store, partition, assigned_ms)
-                      for store, partition, _ in wanted]
+            moving = [
+                pool.submit(self._move, store, partition, assigned_ms)
+                for store, partition, _ in wanted
+            ]
             for future, (_, _, end) in zip(moving, wanted, strict=True):
                 yield self._complete(future.result(), end)
         finally:
@@ -225,8 +237,9 @@ class Restorer:
         clock = _Clock()
         app = self.settings.app_id
         location = self.locations.get(store, partition)
-        decision: Plan = plan(location, self.local_url, self.settings.migration,
-                              self.resolve, self.reachable)
+        decision: Plan = plan(
+            location, self.local_url, self.settings.migration, self.resolve, self.reachable
+        )
         clock.lap("plan")
         local = self.local.partition(app, store, partition)
         epoch = local.claim(self.instance, 0 if location is None else location.epoch + 1)
@@ -242,11 +255,16 @@ class Restorer:
             local.set_aside(move_tag or "")
         clock.lap("claim")
         event = MigrationEvent(
-            app=app, store=store, partition=partition, strategy=decision.strategy,
+            app=app,
+            store=store,
+            partition=partition,
+            strategy=decision.strategy,
             reason=decision.reason,
             from_instance=None if location is None else location.instance,
             from_url=None if location is None else location.url,
-            to_instance=self.instance, to_url=self.local_url, assigned_ms=assigned,
+            to_instance=self.instance,
+            to_url=self.local_url,
+            assigned_ms=assigned,
         )
         copy: ProgressiveCopy | None = None
         what = f"{store}[{partition}]"
@@ -258,10 +276,18 @@ class Restorer:
         elif decision.strategy == "progressive":
             assert decision.source_url is not None
             source = self._partition(decision.source_url, store, partition)
-            origins = [self._partition(url, store, partition, move_tag)
-                       for url in decision.origin_urls]
-            copy, stamp = ProgressiveCopy.begin(source, local, epoch, self.instance,
-                                                resume=decision.resume, what=what, origins=origins)
+            origins = [
+                self._partition(url, store, partition, move_tag) for url in decision.origin_urls
+            ]
+            copy, stamp = ProgressiveCopy.begin(
+                source,
+                local,
+                epoch,
+                self.instance,
+                resume=decision.resume,
+                what=what,
+                origins=origins,
+            )
         else:
             stamp = local.read_stamp()
         if stamp is not None:
@@ -274,9 +300,16 @@ class Restorer:
         store, partition, local, epoch = moved.store, moved.partition, moved.local, moved.epoch
         decision, event, copy, clock = moved.decision, moved.event, moved.copy, moved.clock
         clock.lap("wait")  # for the restores before it in the same assignment
-        result = replay_changelog(self.restore_consumer(), self.changelog_topic(store),
-                                  partition, local, moved.stamp, epoch, end=end,
-                                  read_committed=self.settings.exactly_once)
+        result = replay_changelog(
+            self.restore_consumer(),
+            self.changelog_topic(store),
+            partition,
+            local,
+            moved.stamp,
+            epoch,
+            end=end,
+            read_committed=self.settings.exactly_once,
+        )
         event.tail_records = result.records
         if copy is not None and result.deleted:
             # Deleted in the tail: delete at the sources too, or the on-demand
@@ -285,28 +318,44 @@ class Restorer:
         clock.lap("tail")
         if result.stamp is not None:
             event.previous_record_ms = max(event.previous_record_ms, result.stamp.ts_ms)
-        table = Table(local, max_entries=self.settings.cache_max_entries,
-                      max_record_bytes=self.max_record_bytes)
+        table = Table(
+            local,
+            max_entries=self.settings.cache_max_entries,
+            max_record_bytes=self.max_record_bytes,
+        )
         table.adopt(result.stamp, epoch)
         table.source = copy
         if result.orphans:
             # Changelog records no marker covers: write those keys again with
             # their restored values, so no later marker can cover the orphans.
             table.recommit(result.orphans)
-        self.locations.publish(Location(
-            store, partition, self.instance, self.local_url, epoch,
-            complete=copy is None,
-            source=None if copy is None or decision.source_url is None
-            else redact(decision.source_url),
-            origins=() if copy is None else tuple(redact(u) for u in decision.origin_urls),
-        ), flush=False)
+        self.locations.publish(
+            Location(
+                store,
+                partition,
+                self.instance,
+                self.local_url,
+                epoch,
+                complete=copy is None,
+                source=None
+                if copy is None or decision.source_url is None
+                else redact(decision.source_url),
+                origins=() if copy is None else tuple(redact(u) for u in decision.origin_urls),
+            ),
+            flush=False,
+        )
         if copy is None:
             event.finish()
-        log.info("task state ready", extra={"task": f"{store}[{partition}]",
-                                             "strategy": decision.strategy,
-                                             "reason": decision.reason,
-                                             "tail_records": result.records,
-                                             **clock.laps})
+        log.info(
+            "task state ready",
+            extra={
+                "task": f"{store}[{partition}]",
+                "strategy": decision.strategy,
+                "reason": decision.reason,
+                "tail_records": result.records,
+                **clock.laps,
+            },
+        )
         return Restored(table, event, copy)
 
     def _reads_local_aside(self, decision: Plan) -> bool:
@@ -337,8 +386,9 @@ class Restorer:
         restored.event.fetched_on_demand = restored.copy.fetched
         restored.event.finish()
         restored.table.source = None
-        self.locations.publish(Location(store, partition, self.instance, self.local_url,
-                                        restored.table.epoch))
+        self.locations.publish(
+            Location(store, partition, self.instance, self.local_url, restored.table.epoch)
+        )
 
     def close(self) -> None:
         for source in self._sources.values():

@@ -54,8 +54,9 @@ class MigrationTracker:
         return key in self._moving
 
     # -- restoring -------------------------------------------------------------------
-    def restore(self, wanted: Sequence[tuple[str, int, int | None]], *,
-                assigned_ms: int) -> Generator[Restored, None, None]:
+    def restore(
+        self, wanted: Sequence[tuple[str, int, int | None]], *, assigned_ms: int
+    ) -> Generator[Restored, None, None]:
         """Restore ``(store, partition, changelog end)`` each, yielding each as it is
         ready (see :meth:`Restorer.open_all`); close the generator when not reading
         it to the end."""
@@ -90,8 +91,11 @@ class MigrationTracker:
         """Some newly assigned task has not processed a record yet (and was
         assigned less than ``RESUME_FIRST_S`` ago)."""
         oldest = now_ms() - RESUME_FIRST_S * 1000
-        return any(item.event.first_record_ms is None and item.event.assigned_ms > oldest
-                   for items in self._moving.values() for item in items)
+        return any(
+            item.event.first_record_ms is None and item.event.assigned_ms > oldest
+            for items in self._moving.values()
+            for item in items
+        )
 
     # -- background copies and events ---------------------------------------------------
     def tick(self, *, copy: bool) -> None:
@@ -106,15 +110,22 @@ class MigrationTracker:
         for (_, partition), items in list(self._moving.items()):
             for item in items:
                 task_copy = item.copy
-                while (copy and task_copy is not None and not task_copy.done
-                       and time.monotonic() < deadline):
+                while (
+                    copy
+                    and task_copy is not None
+                    and not task_copy.done
+                    and time.monotonic() < deadline
+                ):
                     if task_copy.step():
                         self.restorer.copy_finished(item.event.store, partition, item)
                 copying = copying or (task_copy is not None and not task_copy.done)
                 if item.event.ready():
                     self.events.emit(item.event)
-        self._moving = {key: items for key, items in self._moving.items()
-                        if not all(i.event.emitted for i in items)}
+        self._moving = {
+            key: items
+            for key, items in self._moving.items()
+            if not all(i.event.emitted for i in items)
+        }
         self.copying = copying
         if copy:
             ended = time.monotonic()

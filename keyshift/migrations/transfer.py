@@ -55,8 +55,14 @@ def stop_and_copy(
     return _finish(source, target, stamp, epoch, stats, started)
 
 
-def _finish(source: StorePartition, target: StorePartition, stamp: Stamp | None, epoch: int,
-            stats: TransferStats, started: float) -> tuple[Stamp | None, TransferStats]:
+def _finish(
+    source: StorePartition,
+    target: StorePartition,
+    stamp: Stamp | None,
+    epoch: int,
+    stats: TransferStats,
+    started: float,
+) -> tuple[Stamp | None, TransferStats]:
     if stamp is not None:
         target.commit({}, replace(stamp, epoch=epoch), epoch)
     source.clear_data()
@@ -64,8 +70,9 @@ def _finish(source: StorePartition, target: StorePartition, stamp: Stamp | None,
     return stamp, stats
 
 
-def _copy_whole(source: StorePartition, target: StorePartition, epoch: int,
-                stats: TransferStats) -> bool:
+def _copy_whole(
+    source: StorePartition, target: StorePartition, epoch: int, stats: TransferStats
+) -> bool:
     """Move the whole hash as one DUMP/RESTORE when both ends are Redis."""
     dump = getattr(source, "dump_data", None)
     restore = getattr(target, "restore_data", None)
@@ -88,8 +95,15 @@ def _copy_whole(source: StorePartition, target: StorePartition, epoch: int,
 class ProgressiveCopy:
     """Resume processing at once; fetch keys on demand; copy the rest in steps."""
 
-    def __init__(self, source: StorePartition, target: StorePartition, epoch: int,
-                 *, what: str = "", origins: Sequence[StorePartition] = ()) -> None:
+    def __init__(
+        self,
+        source: StorePartition,
+        target: StorePartition,
+        epoch: int,
+        *,
+        what: str = "",
+        origins: Sequence[StorePartition] = (),
+    ) -> None:
         self.target = target
         self.epoch = epoch
         self.what = what
@@ -103,9 +117,17 @@ class ProgressiveCopy:
         self._last_log = self._started
 
     @classmethod
-    def begin(cls, source: StorePartition, target: StorePartition, epoch: int, owner: str,
-              *, resume: bool, what: str = "", origins: Sequence[StorePartition] = (),
-              ) -> tuple[ProgressiveCopy, Stamp | None]:
+    def begin(
+        cls,
+        source: StorePartition,
+        target: StorePartition,
+        epoch: int,
+        owner: str,
+        *,
+        resume: bool,
+        what: str = "",
+        origins: Sequence[StorePartition] = (),
+    ) -> tuple[ProgressiveCopy, Stamp | None]:
         """Fence the source and give the target the source's stamp (not its data).
 
         When ``resume`` is set the target already holds newer values from an

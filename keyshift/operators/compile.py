@@ -86,8 +86,7 @@ def _map(fn: Any, node: Node, sub: SubTopology, ctx: ProcessorContext, down: Pus
     return push
 
 
-def _map_record(fn: Any, node: Node, sub: SubTopology, ctx: ProcessorContext,
-                down: Push) -> Push:
+def _map_record(fn: Any, node: Node, sub: SubTopology, ctx: ProcessorContext, down: Push) -> Push:
     record = ctx.record
 
     def push(key: Any, value: Any) -> None:
@@ -104,8 +103,7 @@ def _filter(fn: Any, node: Node, sub: SubTopology, ctx: ProcessorContext, down: 
     return push
 
 
-def _flat_map(fn: Any, node: Node, sub: SubTopology, ctx: ProcessorContext,
-              down: Push) -> Push:
+def _flat_map(fn: Any, node: Node, sub: SubTopology, ctx: ProcessorContext, down: Push) -> Push:
     def push(key: Any, value: Any) -> None:
         for item in fn(value):
             down(key, item)
@@ -121,8 +119,7 @@ def _peek(fn: Any, node: Node, sub: SubTopology, ctx: ProcessorContext, down: Pu
     return push
 
 
-def _stateful(fn: Any, node: Node, sub: SubTopology, ctx: ProcessorContext,
-              down: Push) -> Push:
+def _stateful(fn: Any, node: Node, sub: SubTopology, ctx: ProcessorContext, down: Push) -> Push:
     table = ctx.table(node.params["store"])
     get, put = table.get, table.put
 
@@ -152,8 +149,7 @@ def _to(fn: Any, node: Node, sub: SubTopology, ctx: ProcessorContext, down: Push
     return push
 
 
-def _repartition(fn: Any, node: Node, sub: SubTopology, ctx: ProcessorContext,
-                 down: Push) -> Push:
+def _repartition(fn: Any, node: Node, sub: SubTopology, ctx: ProcessorContext, down: Push) -> Push:
     topic = node.params["topic"]
     kencode = node.params["key_serde"].serialize
     vencode = node.params["value_serde"].serialize
@@ -166,6 +162,12 @@ def _repartition(fn: Any, node: Node, sub: SubTopology, ctx: ProcessorContext,
 
 
 _BUILDERS: dict[str, Builder] = {
-    "map": _map, "map_record": _map_record, "filter": _filter, "flat_map": _flat_map,
-    "peek": _peek, "stateful": _stateful, "to": _to, "repartition": _repartition,
+    "map": _map,
+    "map_record": _map_record,
+    "filter": _filter,
+    "flat_map": _flat_map,
+    "peek": _peek,
+    "stateful": _stateful,
+    "to": _to,
+    "repartition": _repartition,
 }

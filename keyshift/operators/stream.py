@@ -82,9 +82,7 @@ class Stream:
         self._topology.register_store(store, self._sub)
         return self._add("stateful", update, store=store, op=op)
 
-    def aggregate(
-        self, initial: Any, fn: Callable[[Any, Any], Any], *, store: str
-    ) -> Stream:
+    def aggregate(self, initial: Any, fn: Callable[[Any, Any], Any], *, store: str) -> Stream:
         """Fold values per key: ``acc = fn(acc, value)``, starting from ``initial``.
 
         ``initial`` may be a value or a zero-argument callable; mutable values

@@ -29,18 +29,34 @@ class ScaleAction:
         return " ".join(self.command)
 
 
-def plan_scale(backend: Backend, app_id: str, instances: int, *,
-               name: str | None = None) -> ScaleAction:
+def plan_scale(
+    backend: Backend, app_id: str, instances: int, *, name: str | None = None
+) -> ScaleAction:
     """The action; ``name``: the compose service (``worker``) or Kubernetes
     StatefulSet (the app id) to scale."""
     if backend == "local":
         return ScaleAction(backend, app_id, instances)
     if backend == "compose":
-        return ScaleAction(backend, app_id, instances, (
-            "docker", "compose", "up", "-d", "--no-recreate", "--scale",
-            f"{name or 'worker'}={instances}"))
-    return ScaleAction(backend, app_id, instances, (
-        "kubectl", "scale", f"statefulset/{name or app_id}", f"--replicas={instances}"))
+        return ScaleAction(
+            backend,
+            app_id,
+            instances,
+            (
+                "docker",
+                "compose",
+                "up",
+                "-d",
+                "--no-recreate",
+                "--scale",
+                f"{name or 'worker'}={instances}",
+            ),
+        )
+    return ScaleAction(
+        backend,
+        app_id,
+        instances,
+        ("kubectl", "scale", f"statefulset/{name or app_id}", f"--replicas={instances}"),
+    )
 
 
 def apply_scale(action: ScaleAction) -> int:

@@ -42,8 +42,12 @@ def slot_instance_id(app_id: str, index: int) -> str:
     """Slot ``index``'s instance id: unique per host, so that supervisors of one
     app on several hosts never share one (instance ids name transactional ids,
     and two producers with one id fence each other)."""
-    host = "".join(c if c.isascii() and (c.isalnum() or c in "._-") else "-"
-                   for c in socket.gethostname())[:60].strip("-.") or "host"
+    host = (
+        "".join(
+            c if c.isascii() and (c.isalnum() or c in "._-") else "-" for c in socket.gethostname()
+        )[:60].strip("-.")
+        or "host"
+    )
     return f"{app_id}-{host}-{index}"
 
 
@@ -146,8 +150,16 @@ class Supervisor:
     # -- processes ---------------------------------------------------------------
     def command(self, slot: Slot) -> list[str]:
         """The worker's command line (no secrets: see :meth:`environment`)."""
-        return [sys.executable, "-m", "keyshift", "worker", self.app_ref,
-                "--instance-id", slot.instance_id, *self.worker_args]
+        return [
+            sys.executable,
+            "-m",
+            "keyshift",
+            "worker",
+            self.app_ref,
+            "--instance-id",
+            slot.instance_id,
+            *self.worker_args,
+        ]
 
     def environment(self, slot: Slot) -> dict[str, str]:
         """The worker's environment: its state URL and, as peers, every slot's
@@ -183,8 +195,10 @@ class Supervisor:
                 # log): where a stuck worker hangs is then on record before the kill.
                 slot.proc.send_signal(signal.SIGUSR1)
                 time.sleep(STACK_DUMP_WAIT_S)
-                log.warning("worker did not stop in time; its stacks are in its log; killing",
-                            extra={"pid": slot.proc.pid})
+                log.warning(
+                    "worker did not stop in time; its stacks are in its log; killing",
+                    extra={"pid": slot.proc.pid},
+                )
                 slot.proc.kill()
                 slot.proc.wait()
 
@@ -224,10 +238,15 @@ class Supervisor:
                 # Another process uses this instance id: restarting would only
                 # fence it (and be fenced by it) in turn.
                 slot.retired = True
-                log.error("worker stopped: its instance id is in use by another process; "
-                          "not restarting it", extra={"instance": slot.instance_id})
-                self._say(f"instance {slot.instance_id} exited: its instance id is in use "
-                          f"elsewhere; not restarted")
+                log.error(
+                    "worker stopped: its instance id is in use by another process; "
+                    "not restarting it",
+                    extra={"instance": slot.instance_id},
+                )
+                self._say(
+                    f"instance {slot.instance_id} exited: its instance id is in use "
+                    f"elsewhere; not restarted"
+                )
                 continue
             backoff = RESTART_BACKOFF_S[min(slot.restarts, len(RESTART_BACKOFF_S) - 1)]
             if time.monotonic() - slot.started_at > 30:
@@ -249,8 +268,16 @@ class Supervisor:
 
     def _run(self, path: Path) -> int:
         staged = path.with_name(path.name + ".tmp")
-        staged.write_bytes(orjson.dumps({"pid": os.getpid(), "app": self.app_id,
-                                         "app_ref": self.app_ref, "instances": self.wanted}))
+        staged.write_bytes(
+            orjson.dumps(
+                {
+                    "pid": os.getpid(),
+                    "app": self.app_id,
+                    "app_ref": self.app_ref,
+                    "instances": self.wanted,
+                }
+            )
+        )
         staged.replace(path)  # readers see a whole record or none
         scale_file(self.app_id).unlink(missing_ok=True)
         try:

@@ -68,8 +68,15 @@ class Parts:
         self.coordinator.close()
 
 
-def assemble(topology: Topology, settings: Settings, *, instance: str, clients: Clients,
-             metrics: Metrics, pause: Callable[[list[TopicPartition]], None]) -> Parts:
+def assemble(
+    topology: Topology,
+    settings: Settings,
+    *,
+    instance: str,
+    clients: Clients,
+    metrics: Metrics,
+    pause: Callable[[list[TopicPartition]], None],
+) -> Parts:
     """Check and create the app's topics, make every client, open the state."""
     topics = TopicManager(settings, clients.admin)
     existing = topics.partition_counts()
@@ -79,15 +86,26 @@ def assemble(topology: Topology, settings: Settings, *, instance: str, clients: 
     store.ping()
     control = clients.producer(control_producer_config(settings))
     coordinator = Coordinator(
-        ControlChannel(topology.control_topic,
-                       clients.consumer(control_consumer_config(settings, "control")), control,
-                       instance=instance, incarnation=uuid.uuid4().hex[:12]),
-        lambda: group_instances(lambda: _member_client_ids(topics.admin, settings.app_id),
-                                settings.app_id))
+        ControlChannel(
+            topology.control_topic,
+            clients.consumer(control_consumer_config(settings, "control")),
+            control,
+            instance=instance,
+            incarnation=uuid.uuid4().hex[:12],
+        ),
+        lambda: group_instances(
+            lambda: _member_client_ids(topics.admin, settings.app_id), settings.app_id
+        ),
+    )
     coordinator.hello()
     records = _records(topology, settings, topics, clients, metrics)
-    locations = LocationsView(topology.locations_topic, {}, {}, consumer=clients.consumer(
-        control_consumer_config(settings, "locations")), producer=control)
+    locations = LocationsView(
+        topology.locations_topic,
+        {},
+        {},
+        consumer=clients.consumer(control_consumer_config(settings, "locations")),
+        producer=control,
+    )
     restore_consumers: list[Consumer] = []
 
     def restore_consumer() -> Consumer:
@@ -95,34 +113,72 @@ def assemble(topology: Topology, settings: Settings, *, instance: str, clients: 
             restore_consumers.append(clients.consumer(restore_consumer_config(settings)))
         return restore_consumers[0]
 
-    restorer = Restorer(settings, store, locations, restore_consumer, instance,
-                        topology.changelog_topic, max_record_bytes=topics.default_limit,
-                        sources=clients.store)
-    migrations = MigrationTracker(restorer, EventLog(topology.events_topic, control),
-                                  copy_share=settings.copy_share)
+    restorer = Restorer(
+        settings,
+        store,
+        locations,
+        restore_consumer,
+        instance,
+        topology.changelog_topic,
+        max_record_bytes=topics.default_limit,
+        sources=clients.store,
+    )
+    migrations = MigrationTracker(
+        restorer, EventLog(topology.events_topic, control), copy_share=settings.copy_share
+    )
     session_ms = group_timeouts(settings)[0]
-    tasks = TaskManager(topology.by_topic(), records=records, metrics=metrics, pause=pause,
-                        migrations=migrations, raise_on_error=settings.on_error == "raise",
-                        fenced_limit_s=2 * session_ms / 1000)
+    tasks = TaskManager(
+        topology.by_topic(),
+        records=records,
+        metrics=metrics,
+        pause=pause,
+        migrations=migrations,
+        raise_on_error=settings.on_error == "raise",
+        fenced_limit_s=2 * session_ms / 1000,
+    )
     if settings.group_protocol == "consumer":
         _apply_group_configs(topics.admin, settings)
     consumer = clients.consumer(consumer_config(settings, instance))
-    committer = Committer(producer=records.producer, records=records, consumer=consumer,
-                          tasks=tasks, topology=topology, settings=settings, metrics=metrics)
-    return Parts(topics.admin, store, records, records.producer, control, locations,
-                 migrations, tasks, consumer, committer, coordinator, restore_consumers)
+    committer = Committer(
+        producer=records.producer,
+        records=records,
+        consumer=consumer,
+        tasks=tasks,
+        topology=topology,
+        settings=settings,
+        metrics=metrics,
+    )
+    return Parts(
+        topics.admin,
+        store,
+        records,
+        records.producer,
+        control,
+        locations,
+        migrations,
+        tasks,
+        consumer,
+        committer,
+        coordinator,
+        restore_consumers,
+    )
 
 
-def _records(topology: Topology, settings: Settings, topics: TopicManager, clients: Clients,
-             metrics: Metrics) -> RecordProducer:
+def _records(
+    topology: Topology, settings: Settings, topics: TopicManager, clients: Clients, metrics: Metrics
+) -> RecordProducer:
     """The record producer; under exactly-once its transactions are initialised."""
     txn_id = None
     if settings.exactly_once:
         txn_id = f"{settings.app_id}-{settings.instance_id or uuid.uuid4().hex[:12]}"
     records = RecordProducer(
-        producer_config(settings, txn_id), metrics=metrics, dlq_topic=topology.dlq_topic,
-        app_id=settings.app_id, transactional=settings.exactly_once,
-        max_bytes=topics.record_limits(topology), default_max_bytes=topics.default_limit,
+        producer_config(settings, txn_id),
+        metrics=metrics,
+        dlq_topic=topology.dlq_topic,
+        app_id=settings.app_id,
+        transactional=settings.exactly_once,
+        max_bytes=topics.record_limits(topology),
+        default_max_bytes=topics.default_limit,
         factory=clients.producer,
     )
     if settings.exactly_once:
@@ -147,11 +203,16 @@ def _apply_group_configs(admin: AdminClient, settings: Settings) -> None:
     configs = consumer_group_configs(settings)
     refused = apply_group_configs(admin, settings.app_id, configs)
     for key, reason in refused.items():
-        log.warning("group config refused by the broker; its own value applies",
-                    extra={"group": settings.app_id, "config": key, "value": configs[key],
-                           "error": reason})
+        log.warning(
+            "group config refused by the broker; its own value applies",
+            extra={"group": settings.app_id, "config": key, "value": configs[key], "error": reason},
+        )
     applied = {k: v for k, v in configs.items() if k not in refused}
     if applied:
-        log.info("group configs in effect",
-                 extra={"group": settings.app_id,
-                        "configs": ",".join(f"{k}={v}" for k, v in applied.items())})
+        log.info(
+            "group configs in effect",
+            extra={
+                "group": settings.app_id,
+                "configs": ",".join(f"{k}={v}" for k, v in applied.items()),
+            },
+        )

@@ -115,8 +115,9 @@ class Committer:
                 store and no offset committed (the records are processed again).
         """
         only = only_leaving and not self.exactly_once
-        tasks = [t for key, t in self.tasks.items()
-                 if t.has_progress() and (not only or key in leaving)]
+        tasks = [
+            t for key, t in self.tasks.items() if t.has_progress() and (not only or key in leaving)
+        ]
         fenced = self.tasks.drop_fenced(tasks)
         if fenced and self.exactly_once:
             # The transaction holds their outputs: it must not commit.
@@ -171,8 +172,9 @@ class Committer:
                 if changes:
                     first = None if on_first is None else partial(on_first, (topic, task.partition))
                     self.records.send_changes(topic, task.partition, changes, first)
-                pending.append(_Pending(task, store, table, topic,
-                                        {**fills, **changes} if fills else changes))
+                pending.append(
+                    _Pending(task, store, table, topic, {**fills, **changes} if fills else changes)
+                )
         return pending
 
     def _on_first(self, key: TaskKey, err: KafkaError | None, msg: Message) -> None:
@@ -188,8 +190,14 @@ class Committer:
             key = (item.topic, item.task.partition)
             first = self._first_offsets.pop(key, -1)
             stamp = replace(item.task.stamp(item.table.epoch), first_offset=first)
-            self.records.send(item.topic, stamp.encode(), MARKER_KEY, partition=key[1],
-                              headers=MARKER_HEADERS, on_delivery=partial(self._on_marker, key))
+            self.records.send(
+                item.topic,
+                stamp.encode(),
+                MARKER_KEY,
+                partition=key[1],
+                headers=MARKER_HEADERS,
+                on_delivery=partial(self._on_marker, key),
+            )
 
     def _on_marker(self, key: TaskKey, err: KafkaError | None, msg: Message) -> None:
         if err is None:
@@ -218,7 +226,8 @@ class Committer:
         self.producer.flush(TIMEOUT_S)
         try:
             self.producer.send_offsets_to_transaction(
-                offsets, self.consumer.consumer_group_metadata(), TIMEOUT_S)
+                offsets, self.consumer.consumer_group_metadata(), TIMEOUT_S
+            )
             self.producer.commit_transaction(TIMEOUT_S)
         except KafkaException as exc:
             if producer_fenced(exc):
@@ -258,8 +267,11 @@ class Committer:
                 self.metrics.flushed_keys += len(item.changes)
 
     def _commit_offsets(self, tasks: list[Task]) -> None:
-        live = [TopicPartition(t.topic, t.partition, t.position) for t in tasks
-                if (t.topic, t.partition) in self.tasks.tasks]
+        live = [
+            TopicPartition(t.topic, t.partition, t.position)
+            for t in tasks
+            if (t.topic, t.partition) in self.tasks.tasks
+        ]
         if not live:
             return
         try:
@@ -284,8 +296,11 @@ class Committer:
 
     def _high_watermark(self, topic: str, partition: int) -> int | None:
         try:
-            return int(self.consumer.get_watermark_offsets(
-                TopicPartition(topic, partition), cached=True)[1])
+            return int(
+                self.consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)[
+                    1
+                ]
+            )
         except KafkaException:
             return None
 
@@ -307,8 +322,9 @@ class Committer:
         """
         self._aborts_in_row += 1
         if self._aborts_in_row > MAX_ABORTS_IN_ROW:
-            raise BrokerError(f"{MAX_ABORTS_IN_ROW} transactions in a row were aborted; "
-                              f"last: {reason}")
+            raise BrokerError(
+                f"{MAX_ABORTS_IN_ROW} transactions in a row were aborted; last: {reason}"
+            )
         try:
             self.producer.abort_transaction(TIMEOUT_S)
             self.producer.begin_transaction()
@@ -335,11 +351,14 @@ class Committer:
             try:
                 self.consumer.seek(tp)
             except KafkaException as exc:
-                raise BrokerError(f"cannot rewind {tp.topic}[{tp.partition}] to {tp.offset}: "
-                                  f"{exc}") from exc
+                raise BrokerError(
+                    f"cannot rewind {tp.topic}[{tp.partition}] to {tp.offset}: {exc}"
+                ) from exc
         self.metrics.aborted_transactions += 1
         log.warning(
             "transaction aborted; tasks rewound to their last commit",
-            extra={"reason": reason,
-                   "rewound": ",".join(f"{t.topic}[{t.partition}]@{t.offset}" for t in rewound)},
+            extra={
+                "reason": reason,
+                "rewound": ",".join(f"{t.topic}[{t.partition}]@{t.offset}" for t in rewound),
+            },
         )

@@ -64,8 +64,12 @@ class ControlMessage:
             return None
         fields = (raw.get("instance"), raw.get("incarnation"), raw.get("ts_ms"))
         about = raw.get("about")
-        if (not isinstance(fields[0], str) or not isinstance(fields[1], str)
-                or type(fields[2]) is not int or not (about is None or isinstance(about, str))):
+        if (
+            not isinstance(fields[0], str)
+            or not isinstance(fields[1], str)
+            or type(fields[2]) is not int
+            or not (about is None or isinstance(about, str))
+        ):
             return None
         return cls(raw["kind"], fields[0], fields[1], fields[2], about)
 
@@ -73,8 +77,9 @@ class ControlMessage:
 class ControlChannel:
     """Reads and writes one app's control topic for one worker process."""
 
-    def __init__(self, topic: str, consumer: Consumer, producer: Producer, *, instance: str,
-                 incarnation: str) -> None:
+    def __init__(
+        self, topic: str, consumer: Consumer, producer: Producer, *, instance: str, incarnation: str
+    ) -> None:
         self.topic = topic
         self.instance = instance
         self.incarnation = incarnation
@@ -91,21 +96,25 @@ class ControlChannel:
             (found,) = self._consumer.offsets_for_times([tp], timeout=10)
             offset = found.offset if found.offset >= 0 else -1  # -1: the end
         except (KafkaException, ValueError) as exc:
-            log.warning("cannot find where to read the control topic; reading new records "
-                        "only", extra={"topic": self.topic, "error": str(exc)})
+            log.warning(
+                "cannot find where to read the control topic; reading new records only",
+                extra={"topic": self.topic, "error": str(exc)},
+            )
             offset = -1
         self._consumer.assign([TopicPartition(self.topic, 0, offset)])
         self._started = True
 
     def publish(self, kind: Kind, about: str | None = None) -> None:
-        message = ControlMessage(kind, self.instance, self.incarnation, int(time.time() * 1000),
-                                 about)
+        message = ControlMessage(
+            kind, self.instance, self.incarnation, int(time.time() * 1000), about
+        )
         try:
             self._producer.produce(self.topic, message.encode(), self.instance.encode())
             self._producer.poll(0)
         except (KafkaException, BufferError) as exc:  # only timing depends on it
-            log.warning("cannot publish to the control topic",
-                        extra={"kind": kind, "error": str(exc)})
+            log.warning(
+                "cannot publish to the control topic", extra={"kind": kind, "error": str(exc)}
+            )
 
     def flush(self, timeout_s: float = 5.0) -> None:
         self._producer.flush(timeout_s)

@@ -97,9 +97,14 @@ class Coordinator:
         clock: monotonic seconds (tests pass their own).
     """
 
-    def __init__(self, channel: ControlChannel, members: Callable[[], set[str]], *,
-                 clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        channel: ControlChannel,
+        members: Callable[[], set[str]],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.channel = channel
         self._members_of_group = members
         self._clock = clock
@@ -151,8 +156,11 @@ class Coordinator:
 
     def _waiting_for_acks(self) -> set[str]:
         """Running members that have not acked this incarnation's request yet."""
-        leaving = {instance for inc, (instance, _) in self._view.leaving.items()
-                   if inc not in self._view.gone}
+        leaving = {
+            instance
+            for inc, (instance, _) in self._view.leaving.items()
+            if inc not in self._view.gone
+        }
         acked = self._view.acks.get(self.me, set())
         return self.members() - leaving - acked - {self.channel.instance}
 
@@ -182,18 +190,33 @@ class Coordinator:
         while not stopping():
             self._read()
             now = self._clock()
-            starting = {inc for inc, (_, when) in self._view.hellos.items()
-                        if inc != self.me and inc not in self._view.joined
-                        and inc not in self._view.gone and now - when < HELLO_EXPIRES_S}
+            starting = {
+                inc
+                for inc, (_, when) in self._view.hellos.items()
+                if inc != self.me
+                and inc not in self._view.joined
+                and inc not in self._view.gone
+                and now - when < HELLO_EXPIRES_S
+            }
             waiting = self._waiting_for_acks() if now - began < ACK_TIMEOUT_S else set()
             if not starting and not waiting:
-                log.info("joining", extra={"instance": self.channel.instance,
-                                           "waited_ms": round((now - began) * 1000)})
+                log.info(
+                    "joining",
+                    extra={
+                        "instance": self.channel.instance,
+                        "waited_ms": round((now - began) * 1000),
+                    },
+                )
                 return True
             if now - began > JOIN_TIMEOUT_S:
-                log.warning("joining without the others", extra={
-                    "instance": self.channel.instance, "starting": len(starting),
-                    "not_acked": ",".join(sorted(waiting))})
+                log.warning(
+                    "joining without the others",
+                    extra={
+                        "instance": self.channel.instance,
+                        "starting": len(starting),
+                        "not_acked": ",".join(sorted(waiting)),
+                    },
+                )
                 return False
             self._sleep(POLL_S)
         return False
@@ -226,14 +249,17 @@ class Coordinator:
         self._read()
         now = self._clock()
         if now - self._leave_started > LEAVE_TIMEOUT_S:
-            log.warning("leaving without the others",
-                        extra={"instance": self.channel.instance,
-                               "not_acked": ",".join(sorted(self._waiting_for_acks()))})
+            log.warning(
+                "leaving without the others",
+                extra={
+                    "instance": self.channel.instance,
+                    "not_acked": ",".join(sorted(self._waiting_for_acks())),
+                },
+            )
             return True
         if not self.members() - {self.channel.instance}:
             return True  # alone in the group: nobody to leave with or hand over to
-        latest = max([self._leave_started,
-                      *(when for _, when in self._view.leaving.values())])
+        latest = max([self._leave_started, *(when for _, when in self._view.leaving.values())])
         return now - latest >= LEAVE_SETTLE_S and not self._waiting_for_acks()
 
     def leave_together(self) -> bool:
@@ -243,14 +269,18 @@ class Coordinator:
         began = self._clock()
         while True:
             self._read()
-            others = {inc for inc in self._view.leaving
-                      if inc != self.me and inc not in self._view.last
-                      and inc not in self._view.gone}
+            others = {
+                inc
+                for inc in self._view.leaving
+                if inc != self.me and inc not in self._view.last and inc not in self._view.gone
+            }
             if not others:
                 return True
             if self._clock() - began > LAST_COMMIT_TIMEOUT_S:
-                log.warning("the others' last commits took too long; leaving alone",
-                            extra={"instance": self.channel.instance})
+                log.warning(
+                    "the others' last commits took too long; leaving alone",
+                    extra={"instance": self.channel.instance},
+                )
                 return False
             self._sleep(POLL_S)
 
@@ -268,4 +298,4 @@ def group_instances(describe: Callable[[], list[str]], app_id: str) -> set[str]:
     """Instances in the group, from its members' client ids (``<app>--<instance>``);
     members of other software in the group are not waited for."""
     prefix = f"{app_id}--"
-    return {cid[len(prefix):] for cid in describe() if cid.startswith(prefix)}
+    return {cid[len(prefix) :] for cid in describe() if cid.startswith(prefix)}

@@ -50,8 +50,10 @@ HEARTBEAT_INTERVAL_MS = 50
 def group_timeouts(settings: Settings) -> tuple[int, int]:
     """``(session timeout ms, heartbeat interval ms)`` of this app's consumer group."""
     values = []
-    for key, default in (("session.timeout.ms", SESSION_TIMEOUT_MS),
-                         ("heartbeat.interval.ms", HEARTBEAT_INTERVAL_MS)):
+    for key, default in (
+        ("session.timeout.ms", SESSION_TIMEOUT_MS),
+        ("heartbeat.interval.ms", HEARTBEAT_INTERVAL_MS),
+    ):
         raw = settings.kafka.get(key, default)
         try:
             values.append(int(raw))
@@ -95,8 +97,9 @@ def apply_group_configs(
         entry = ConfigEntry(key, value, incremental_operation=AlterConfigOpType.SET)
         resource = ConfigResource(ResourceType.GROUP, group, incremental_configs=[entry])
         try:
-            for future in admin.incremental_alter_configs([resource],
-                                                          request_timeout=timeout_s).values():
+            for future in admin.incremental_alter_configs(
+                [resource], request_timeout=timeout_s
+            ).values():
                 future.result()
         except KafkaException as exc:
             refused[key] = str(exc.args[0].str() if exc.args else exc)
@@ -106,10 +109,15 @@ def apply_group_configs(
 def _group_configs(admin: AdminClient, group: str, timeout_s: float) -> dict[str, str]:
     """The group's explicitly set configs ({} if they cannot be read)."""
     try:
-        futures = admin.describe_configs([ConfigResource(ResourceType.GROUP, group)],
-                                         request_timeout=timeout_s)
-        return {name: str(entry.value) for future in futures.values()
-                for name, entry in future.result().items() if not entry.is_default}
+        futures = admin.describe_configs(
+            [ConfigResource(ResourceType.GROUP, group)], request_timeout=timeout_s
+        )
+        return {
+            name: str(entry.value)
+            for future in futures.values()
+            for name, entry in future.result().items()
+            if not entry.is_default
+        }
     except KafkaException:
         return {}
 
@@ -196,8 +204,9 @@ def control_producer_config(settings: Settings) -> dict[str, object]:
 
 def restore_consumer_config(settings: Settings) -> dict[str, object]:
     """A changelog reader; read_committed under exactly-once."""
-    return reader_config(settings.client_config(), f"{settings.app_id}-restore",
-                         read_committed=settings.exactly_once)
+    return reader_config(
+        settings.client_config(), f"{settings.app_id}-restore", read_committed=settings.exactly_once
+    )
 
 
 def read_topic(
@@ -228,7 +237,10 @@ def read_topic(
 
 
 def end_offsets(
-    admin: AdminClient, partitions: list[tuple[str, int]], *, read_committed: bool = False,
+    admin: AdminClient,
+    partitions: list[tuple[str, int]],
+    *,
+    read_committed: bool = False,
     timeout_s: float = 10.0,
     retry: Retry = DEFAULT_RETRY,
 ) -> dict[tuple[str, int], int]:

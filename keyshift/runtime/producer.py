@@ -42,12 +42,14 @@ DEFAULT_MESSAGE_MAX_BYTES = 1_000_000
 MAX_REASON = 2000
 
 #: Delivery errors that are the record's fault (retrying cannot help).
-RECORD_FAULTS = frozenset({
-    KafkaError.MSG_SIZE_TOO_LARGE,
-    KafkaError.RECORD_LIST_TOO_LARGE,
-    KafkaError.INVALID_RECORD,
-    KafkaError.INVALID_MSG,
-})
+RECORD_FAULTS = frozenset(
+    {
+        KafkaError.MSG_SIZE_TOO_LARGE,
+        KafkaError.RECORD_LIST_TOO_LARGE,
+        KafkaError.INVALID_RECORD,
+        KafkaError.INVALID_MSG,
+    }
+)
 # Delivery errors of records an aborted transaction dropped before sending them.
 PURGED = frozenset({KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT})
 
@@ -55,8 +57,9 @@ Headers = list[tuple[str, bytes]]
 
 
 #: Errors that mean another producer with this transactional id took over.
-FENCED = frozenset({KafkaError._FENCED, KafkaError.PRODUCER_FENCED,
-                    KafkaError.INVALID_PRODUCER_EPOCH})
+FENCED = frozenset(
+    {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
+)
 
 
 def producer_fenced(exc: KafkaException) -> bool:
@@ -155,8 +158,7 @@ class RecordProducer:
             self.producer.poll(0)
         except KafkaException as exc:
             if producer_fenced(exc):
-                raise fenced_error(str(self.producer_config.get("transactional.id")),
-                                   exc) from exc
+                raise fenced_error(str(self.producer_config.get("transactional.id")), exc) from exc
             raise BrokerError(f"producer failed: {exc}") from exc
 
     def limit(self, topic: str) -> int:
@@ -190,8 +192,14 @@ class RecordProducer:
             return TransactionAbortable(f"cannot produce to {topic}: {exc}")
         return BrokerError(f"cannot produce to {topic}: {exc}")
 
-    def send_output(self, topic: str, key: bytes | None, value: bytes | None, timestamp: int,
-                    headers: Headers | None) -> None:
+    def send_output(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        timestamp: int,
+        headers: Headers | None,
+    ) -> None:
         """Produce an output (sink or repartition record) of the record being processed.
 
         Raises:
@@ -202,16 +210,22 @@ class RecordProducer:
         if headers:
             size += _headers_size(headers)
         if size > self.max_bytes.get(topic, self.default_max_bytes):
-            raise RecordRejected(f"output of {size} bytes is larger than {topic} takes "
-                                 f"({self.limit(topic)} bytes)")
+            raise RecordRejected(
+                f"output of {size} bytes is larger than {topic} takes ({self.limit(topic)} bytes)"
+            )
         if headers:
             self.send(topic, value, key, timestamp=timestamp, headers=headers)
         else:
             self.send(topic, value, key, timestamp=timestamp)
         self.metrics.records_out += 1
 
-    def send_changes(self, topic: str, partition: int, records: Mapping[bytes, bytes | None],
-                     on_first: Callable[[KafkaError | None, Message], None] | None) -> None:
+    def send_changes(
+        self,
+        topic: str,
+        partition: int,
+        records: Mapping[bytes, bytes | None],
+        on_first: Callable[[KafkaError | None, Message], None] | None,
+    ) -> None:
         """Produce a table's changed keys to its changelog partition (the commit's hot
         loop, so the client is called directly; a full queue or an error takes the
         :meth:`send` path). ``on_first``, if given, gets the delivery report of the
@@ -232,19 +246,31 @@ class RecordProducer:
     def dead_letter(self, msg: Message, stage: str, exc: BaseException) -> None:
         """Send an input record that could not be processed to the dead-letter topic."""
         reason = f"{type(exc).__name__}: {exc}"
-        self._dead_letter(msg.key(), msg.value(), reason, stage, [
-            ("ks.topic", (msg.topic() or "").encode()),
-            ("ks.partition", str(msg.partition()).encode()),
-            ("ks.offset", str(msg.offset()).encode()),
-        ])
+        self._dead_letter(
+            msg.key(),
+            msg.value(),
+            reason,
+            stage,
+            [
+                ("ks.topic", (msg.topic() or "").encode()),
+                ("ks.partition", str(msg.partition()).encode()),
+                ("ks.offset", str(msg.offset()).encode()),
+            ],
+        )
         log.warning(
             "record sent to the dead-letter topic",
-            extra={"topic": msg.topic(), "partition": msg.partition(),
-                   "offset": msg.offset(), "stage": stage, "error": reason[:MAX_REASON]},
+            extra={
+                "topic": msg.topic(),
+                "partition": msg.partition(),
+                "offset": msg.offset(),
+                "stage": stage,
+                "error": reason[:MAX_REASON],
+            },
         )
 
-    def _dead_letter(self, key: bytes | None, value: bytes | None, reason: str, stage: str,
-                     where: Headers) -> None:
+    def _dead_letter(
+        self, key: bytes | None, value: bytes | None, reason: str, stage: str, where: Headers
+    ) -> None:
         headers: Headers = [
             ("ks.error", reason[:MAX_REASON].encode(errors="replace")),
             ("ks.stage", stage.encode()),
@@ -257,14 +283,21 @@ class RecordProducer:
         except RecordRejected as exc:
             # Even cut down, the dead-letter topic refuses it: count and log it.
             self.metrics.dead_letters_dropped += 1
-            log.error("dead letter refused by the dead-letter topic; record skipped",
-                      extra={"topic": self.dlq_topic, "stage": stage, "error": str(exc),
-                             "reason": reason[:MAX_REASON]})
+            log.error(
+                "dead letter refused by the dead-letter topic; record skipped",
+                extra={
+                    "topic": self.dlq_topic,
+                    "stage": stage,
+                    "error": str(exc),
+                    "reason": reason[:MAX_REASON],
+                },
+            )
             return
         self.metrics.dead_letters += 1
 
-    def _fit(self, key: bytes | None, value: bytes | None,
-             headers: Headers) -> tuple[bytes | None, bytes | None]:
+    def _fit(
+        self, key: bytes | None, value: bytes | None, headers: Headers
+    ) -> tuple[bytes | None, bytes | None]:
         """Cut key and value down to what the dead-letter topic takes, saying so
         in a ``ks.truncated`` header (their original sizes)."""
         key_len = 0 if key is None else len(key)
@@ -297,15 +330,21 @@ class RecordProducer:
         for err, msg in failed:
             topic = msg.topic() or ""
             if topic != self.dlq_topic and not infrastructure(topic) and is_record_fault(err):
-                self._dead_letter(msg.key(), msg.value(), f"KafkaError: {err.str()}", "deliver",
-                                  [("ks.topic", topic.encode()),
-                                   ("ks.partition", str(msg.partition()).encode())])
+                self._dead_letter(
+                    msg.key(),
+                    msg.value(),
+                    f"KafkaError: {err.str()}",
+                    "deliver",
+                    [("ks.topic", topic.encode()), ("ks.partition", str(msg.partition()).encode())],
+                )
                 lettered += 1
             else:
                 fatal.append(f"{topic}[{msg.partition()}]: {err.str()}")
         if lettered:
-            log.warning("outputs refused by their topics sent to the dead-letter topic",
-                        extra={"records": lettered})
+            log.warning(
+                "outputs refused by their topics sent to the dead-letter topic",
+                extra={"records": lettered},
+            )
             self._flush(timeout_s)
             fatal += [f"{m.topic()}[{m.partition()}]: {e.str()}" for e, m in self._failed]
             self._failed.clear()

@@ -142,8 +142,10 @@ class RebalanceListener:
             # earlier): pass them on untouched. Restoring them would claim and
             # fence their state, and send their next owner to copy it from here.
             consumer.incremental_assign(partitions)
-            log.info("partitions assigned while closing; passing them on",
-                     extra={"instance": self.instance, "partitions": _names(partitions)})
+            log.info(
+                "partitions assigned while closing; passing them on",
+                extra={"instance": self.instance, "partitions": _names(partitions)},
+            )
             return
         started = time.monotonic()
         if partitions:
@@ -155,48 +157,65 @@ class RebalanceListener:
             raise
         if not assigned:
             consumer.incremental_assign([])  # an empty assignment is answered too
-        log.info("partitions assigned", extra={
-            "instance": self.instance,
-            "partitions": ",".join(f"{t.topic}[{t.partition}]@{t.offset}" for t in assigned),
-            "seconds": round(time.monotonic() - started, 3), **laps})
+        log.info(
+            "partitions assigned",
+            extra={
+                "instance": self.instance,
+                "partitions": ",".join(f"{t.topic}[{t.partition}]@{t.offset}" for t in assigned),
+                "seconds": round(time.monotonic() - started, 3),
+                **laps,
+            },
+        )
 
-    def _restore_all(self, consumer: Consumer, partitions: list[TopicPartition],
-                     started: float) -> tuple[list[TopicPartition], dict[str, float]]:
+    def _restore_all(
+        self, consumer: Consumer, partitions: list[TopicPartition], started: float
+    ) -> tuple[list[TopicPartition], dict[str, float]]:
         """Restore every assigned task, assigning each partition as soon as its own
         restore is done (its first fetch overlaps the others' restores)."""
         assigned_ms = now_ms()
         ends: dict[tuple[str, int], int] = {}
         changelog = self.topology.changelog_topic
-        wanted = [(store, tp.partition) for tp in partitions
-                  for store in self.subs[tp.topic].stores()]
+        wanted = [
+            (store, tp.partition) for tp in partitions for store in self.subs[tp.topic].stores()
+        ]
         if partitions:
             # One offsets request for the locations topic and every changelog.
             locations = (self.topology.locations_topic, 0)
-            ends = end_offsets(self.admin, [locations, *((changelog(s), p) for s, p in wanted)],
-                               read_committed=self.exactly_once)
+            ends = end_offsets(
+                self.admin,
+                [locations, *((changelog(s), p) for s, p in wanted)],
+                read_committed=self.exactly_once,
+            )
             self.locations.catch_up(ends[locations])
         looked_up = time.monotonic()
         assigned: list[TopicPartition] = []
         restoring = self.migrations.restore(
-            [(s, p, ends.get((changelog(s), p))) for s, p in wanted], assigned_ms=assigned_ms)
+            [(s, p, ends.get((changelog(s), p))) for s, p in wanted], assigned_ms=assigned_ms
+        )
         with closing(restoring) as ready:
             for tp in partitions:
                 restored = [next(ready) for _ in self.subs[tp.topic].stores()]
                 self.migrations.started((tp.topic, tp.partition), restored)
                 self.metrics.restores += len(restored)
                 self.metrics.restored_records += sum(r.event.tail_records for r in restored)
-                task = self.tasks.open(tp.topic, tp.partition,
-                                       {r.event.store: r.table for r in restored})
+                task = self.tasks.open(
+                    tp.topic, tp.partition, {r.event.store: r.table for r in restored}
+                )
                 start = task.start_offset()
-                assigned.append(TopicPartition(tp.topic, tp.partition,
-                                               OFFSET_STORED if start is None else start))
+                assigned.append(
+                    TopicPartition(
+                        tp.topic, tp.partition, OFFSET_STORED if start is None else start
+                    )
+                )
                 consumer.incremental_assign(assigned[-1:])
         restored_at = time.monotonic()
         if partitions:
             self.migrations.publish()
-        return assigned, {"locations_s": round(looked_up - started, 3),
-                          "restore_s": round(restored_at - looked_up, 3),
-                          "publish_s": round(time.monotonic() - restored_at, 3)}
+        return assigned, {
+            "locations_s": round(looked_up - started, 3),
+            "restore_s": round(restored_at - looked_up, 3),
+            "publish_s": round(time.monotonic() - restored_at, 3),
+        }
 
     # -- revocation ----------------------------------------------------------------------
     def on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -208,31 +227,44 @@ class RebalanceListener:
             if not self._failed():
                 # The revoked tasks' pause runs until the unassignment: commit
                 # them, and leave the others' progress to the next regular commit.
-                self.committer.commit(leaving={(tp.topic, tp.partition) for tp in partitions},
-                                      only_leaving=True)
+                self.committer.commit(
+                    leaving={(tp.topic, tp.partition) for tp in partitions}, only_leaving=True
+                )
             committed = time.monotonic()
         finally:
             self._release(consumer, partitions)
             closing_info = self._closing()
-            log.info("partitions revoked", extra={
-                "instance": self.instance, "partitions": _names(partitions),
-                # where the revoked tasks' pause went on this side
-                "since_batch_ms": _ms(entered - self._last_batch()),
-                **({"close_commit_ms": _ms(closing_info.commit_s),
-                    "consumer_close_ms": _ms(entered - closing_info.since)}
-                   if closing_info is not None else {}),
-                "commit_ms": _ms(committed - entered),
-                "unassign_ms": _ms(time.monotonic() - committed)})
+            log.info(
+                "partitions revoked",
+                extra={
+                    "instance": self.instance,
+                    "partitions": _names(partitions),
+                    # where the revoked tasks' pause went on this side
+                    "since_batch_ms": _ms(entered - self._last_batch()),
+                    **(
+                        {
+                            "close_commit_ms": _ms(closing_info.commit_s),
+                            "consumer_close_ms": _ms(entered - closing_info.since),
+                        }
+                        if closing_info is not None
+                        else {}
+                    ),
+                    "commit_ms": _ms(committed - entered),
+                    "unassign_ms": _ms(time.monotonic() - committed),
+                },
+            )
 
     def on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        log.warning("partitions lost",
-                    extra={"instance": self.instance, "partitions": _names(partitions)})
+        log.warning(
+            "partitions lost", extra={"instance": self.instance, "partitions": _names(partitions)}
+        )
         try:
             if self.exactly_once and not self._failed():
                 # The open transaction covers the lost tasks: it must not commit.
                 # Abort it and rewind the tasks this instance keeps.
-                self.committer.abort("partitions lost",
-                                     leaving={(tp.topic, tp.partition) for tp in partitions})
+                self.committer.abort(
+                    "partitions lost", leaving={(tp.topic, tp.partition) for tp in partitions}
+                )
         finally:
             self._release(consumer, partitions)
 

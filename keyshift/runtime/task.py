@@ -79,8 +79,9 @@ class Task:
     def record(self, key: Any, value: Any) -> Record:
         msg = self.message
         assert msg is not None
-        return Record(key, value, self.timestamp, msg.headers(), self.topic, self.partition,
-                      self.offset)
+        return Record(
+            key, value, self.timestamp, msg.headers(), self.topic, self.partition, self.offset
+        )
 
     def table(self, store: str) -> Table:
         return self.tables[store]
@@ -109,8 +110,9 @@ class Task:
         the state, and records re-written after a restore (orphans) get their marker."""
         self.position = offset
         self._first_offset = offset
-        self.last_processed_ms = max((t.stamp.ts_ms for t in self.tables.values()
-                                      if t.stamp is not None), default=0)
+        self.last_processed_ms = max(
+            (t.stamp.ts_ms for t in self.tables.values() if t.stamp is not None), default=0
+        )
 
     def adopt_upstream(self, stamps: list[Stamp | None]) -> None:
         """Duplicate suppression resumes from the oldest store's view of upstream."""
@@ -190,8 +192,9 @@ class Task:
         """User code or an output failed on ``msg``: dead-letter it, or (with
         ``on_error="raise"``) stop."""
         if self._raise:
-            raise ProcessingError(f"{self.topic}[{self.partition}]@{msg.offset()}: "
-                                  f"{type(exc).__name__}: {exc}") from exc
+            raise ProcessingError(
+                f"{self.topic}[{self.partition}]@{msg.offset()}: {type(exc).__name__}: {exc}"
+            ) from exc
         self._dead_letter(msg, "produce" if isinstance(exc, RecordRejected) else "process", exc)
 
     def _skip_stale(self, msgs: list[Message], stale_from: int) -> list[Message]:
@@ -244,8 +247,9 @@ class Task:
         if self.position is not None:
             self._stale_from = self.position
         self.position = self.committed_position
-        target = self.committed_position if self.committed_position is not None \
-            else self._first_offset
+        target = (
+            self.committed_position if self.committed_position is not None else self._first_offset
+        )
         assert target is not None, "rollback of a task that processed nothing"
         return target
 
@@ -261,4 +265,3 @@ class Task:
 
     def __repr__(self) -> str:
         return f"Task({self.topic}[{self.partition}])"
-

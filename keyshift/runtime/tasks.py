@@ -83,8 +83,14 @@ class TaskManager:
     # -- opening and dropping ------------------------------------------------------------
     def open(self, topic: str, partition: int, tables: dict[str, Table]) -> Task:
         """Run ``topic[partition]`` here over its restored tables."""
-        task = Task(self.subs[topic], partition, tables, self.records.send_output,
-                    self.records.dead_letter, raise_on_error=self.raise_on_error)
+        task = Task(
+            self.subs[topic],
+            partition,
+            tables,
+            self.records.send_output,
+            self.records.dead_letter,
+            raise_on_error=self.raise_on_error,
+        )
         task.adopt_upstream([t.stamp for t in tables.values()])
         start = task.start_offset()
         if start is not None:
@@ -123,8 +129,9 @@ class TaskManager:
         fenced: list[Task] = []
         for (task, table), current in zip(pairs, epochs, strict=True):
             if current < table.epoch:
-                raise StateLostError(f"{task.topic}[{task.partition}]",
-                                     f"owner epoch {current} < {table.epoch}")
+                raise StateLostError(
+                    f"{task.topic}[{task.partition}]", f"owner epoch {current} < {table.epoch}"
+                )
             if current > table.epoch and task not in fenced:
                 fenced.append(task)
                 self.fence(task, f"owner epoch {current} > {table.epoch}")
@@ -203,14 +210,18 @@ class TaskManager:
         task.process(group)
         took = time.monotonic() - began
         if took > SLOW_GROUP_S:
-            local, remote = (a - b for a, b in zip(task.read_seconds(), reads_before,
-                                                   strict=True))
-            log.warning("slow batch", extra={
-                "task": f"{task.topic}[{task.partition}]", "records": len(group),
-                "seconds": round(took, 3),
-                "gc_seconds": round(gc_seconds() - gc_before, 3),
-                "state_read_seconds": round(local, 3),
-                "source_read_seconds": round(remote, 3)})
+            local, remote = (a - b for a, b in zip(task.read_seconds(), reads_before, strict=True))
+            log.warning(
+                "slow batch",
+                extra={
+                    "task": f"{task.topic}[{task.partition}]",
+                    "records": len(group),
+                    "seconds": round(took, 3),
+                    "gc_seconds": round(gc_seconds() - gc_before, 3),
+                    "state_read_seconds": round(local, 3),
+                    "source_read_seconds": round(remote, 3),
+                },
+            )
         self.metrics.records_in += len(group)
         self.metrics.duplicates_dropped += task.duplicates - before
 

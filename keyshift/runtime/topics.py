@@ -36,8 +36,9 @@ class TopicSpec:
 class TopicManager:
     """Checks source topics and creates internal and sink topics."""
 
-    def __init__(self, settings: Settings,
-                 admin: Callable[[dict[str, Any]], AdminClient] = AdminClient) -> None:
+    def __init__(
+        self, settings: Settings, admin: Callable[[dict[str, Any]], AdminClient] = AdminClient
+    ) -> None:
         self.settings = settings
         self.admin = admin(settings.client_config())
         raw = settings.kafka.get("message.max.bytes", DEFAULT_MESSAGE_MAX_BYTES)
@@ -63,7 +64,8 @@ class TopicManager:
                 entry = future.result().get("max.message.bytes")
                 if entry is not None and entry.value is not None:
                     limits[resource.name] = min(
-                        int(entry.value) - RECORD_OVERHEAD, self.default_limit)
+                        int(entry.value) - RECORD_OVERHEAD, self.default_limit
+                    )
         except KafkaException as exc:
             # Only a check ahead of sending: the broker still refuses what is too
             # large, and the record is dead-lettered then.
@@ -108,8 +110,13 @@ class TopicManager:
         wanted.append(TopicSpec(topology.dlq_topic, 1, {}))
         wanted.append(TopicSpec(topology.locations_topic, 1, {"cleanup.policy": "compact"}))
         wanted.append(TopicSpec(topology.events_topic, 1, {}))
-        wanted.append(TopicSpec(topology.control_topic, 1, {
-            "cleanup.policy": "delete", "retention.ms": str(CONTROL_RETENTION_MS)}))
+        wanted.append(
+            TopicSpec(
+                topology.control_topic,
+                1,
+                {"cleanup.policy": "delete", "retention.ms": str(CONTROL_RETENTION_MS)},
+            )
+        )
         return counts, wanted
 
     def ensure(self, specs: list[TopicSpec], existing: dict[str, int]) -> None:

@@ -58,12 +58,9 @@ class WorkerState(enum.Enum):
 
 _NEXT: dict[WorkerState, frozenset[WorkerState]] = {
     WorkerState.CREATED: frozenset({WorkerState.STARTING, WorkerState.STOPPED}),
-    WorkerState.STARTING: frozenset({WorkerState.JOINING, WorkerState.CLOSING,
-                                     WorkerState.FAILED}),
-    WorkerState.JOINING: frozenset({WorkerState.RUNNING, WorkerState.CLOSING,
-                                    WorkerState.FAILED}),
-    WorkerState.RUNNING: frozenset({WorkerState.LEAVING, WorkerState.CLOSING,
-                                    WorkerState.FAILED}),
+    WorkerState.STARTING: frozenset({WorkerState.JOINING, WorkerState.CLOSING, WorkerState.FAILED}),
+    WorkerState.JOINING: frozenset({WorkerState.RUNNING, WorkerState.CLOSING, WorkerState.FAILED}),
+    WorkerState.RUNNING: frozenset({WorkerState.LEAVING, WorkerState.CLOSING, WorkerState.FAILED}),
     WorkerState.LEAVING: frozenset({WorkerState.CLOSING, WorkerState.FAILED}),
     WorkerState.CLOSING: frozenset({WorkerState.STOPPED, WorkerState.FAILED}),
     WorkerState.FAILED: frozenset({WorkerState.STOPPED}),
@@ -79,8 +76,7 @@ class Worker:
     with the others stopped with it, and returns.
     """
 
-    def __init__(self, topology: Topology, settings: Settings, *,
-                 clients: Clients = KAFKA) -> None:
+    def __init__(self, topology: Topology, settings: Settings, *, clients: Clients = KAFKA) -> None:
         self.topology = topology
         self.settings = settings
         self.clients = clients
@@ -102,8 +98,10 @@ class Worker:
     def _to(self, state: WorkerState) -> None:
         if state not in _NEXT[self._state]:
             raise RuntimeError(f"worker state {self._state.value} -> {state.value} is not allowed")
-        log.debug("worker state", extra={"instance": self.instance, "from": self._state.value,
-                                         "to": state.value})
+        log.debug(
+            "worker state",
+            extra={"instance": self.instance, "from": self._state.value, "to": state.value},
+        )
         self._state = state
 
     @property
@@ -111,8 +109,9 @@ class Worker:
         """The tasks running here, by (topic, partition)."""
         return {} if self._parts is None else self._parts.tasks.tasks
 
-    def commit(self, *, leaving: Collection[tuple[str, int]] = (),
-               only_leaving: bool = False) -> None:
+    def commit(
+        self, *, leaving: Collection[tuple[str, int]] = (), only_leaving: bool = False
+    ) -> None:
         """Make all progress durable (see :class:`~keyshift.runtime.committer.Committer`)."""
         if self._parts is not None:
             self._parts.committer.commit(leaving=leaving, only_leaving=only_leaving)
@@ -142,30 +141,55 @@ class Worker:
         self.topology.validate()
         self._gc_clock.start()
         settings = self.settings
-        parts = self._parts = assemble(self.topology, settings, instance=self.instance,
-                                       clients=self.clients, metrics=self.metrics,
-                                       pause=self._pause)
+        parts = self._parts = assemble(
+            self.topology,
+            settings,
+            instance=self.instance,
+            clients=self.clients,
+            metrics=self.metrics,
+            pause=self._pause,
+        )
         if settings.group_protocol == "consumer" and self._static:
-            log.warning("a static member under group_protocol=consumer cannot leave the group "
-                        "for good (librdkafka sends member epoch -2): a stop waits for the "
-                        "session timeout; use static_membership=false or the classic protocol")
+            log.warning(
+                "a static member under group_protocol=consumer cannot leave the group "
+                "for good (librdkafka sends member epoch -2): a stop waits for the "
+                "session timeout; use static_membership=false or the classic protocol"
+            )
         self._stall_s = group_timeouts(settings)[0] / 2000
         self._warm_up(parts)
         self._to(WorkerState.JOINING)
         parts.coordinator.join(stopping=self._stop.is_set)
         listener = RebalanceListener(
-            instance=self.instance, topology=self.topology, exactly_once=settings.exactly_once,
-            admin=parts.admin, locations=parts.locations, migrations=parts.migrations,
-            tasks=parts.tasks, committer=parts.committer, metrics=self.metrics,
-            readiness=self._readiness, closing=lambda: self._closing,
+            instance=self.instance,
+            topology=self.topology,
+            exactly_once=settings.exactly_once,
+            admin=parts.admin,
+            locations=parts.locations,
+            migrations=parts.migrations,
+            tasks=parts.tasks,
+            committer=parts.committer,
+            metrics=self.metrics,
+            readiness=self._readiness,
+            closing=lambda: self._closing,
             failed=lambda: self._state is WorkerState.FAILED,
-            last_batch=lambda: self._batch_done)
-        parts.consumer.subscribe(list(self.topology.by_topic()), on_assign=listener.on_assign,
-                                 on_revoke=listener.on_revoke, on_lost=listener.on_lost)
+            last_batch=lambda: self._batch_done,
+        )
+        parts.consumer.subscribe(
+            list(self.topology.by_topic()),
+            on_assign=listener.on_assign,
+            on_revoke=listener.on_revoke,
+            on_lost=listener.on_lost,
+        )
         self._to(WorkerState.RUNNING)
-        log.info("worker started", extra={
-            "app": settings.app_id, "instance": self.instance, "guarantee": settings.guarantee,
-            "topics": ",".join(self.topology.by_topic())})
+        log.info(
+            "worker started",
+            extra={
+                "app": settings.app_id,
+                "instance": self.instance,
+                "guarantee": settings.guarantee,
+                "topics": ",".join(self.topology.by_topic()),
+            },
+        )
 
     @property
     def _static(self) -> bool:
@@ -198,8 +222,11 @@ class Worker:
                 next_commit = time.monotonic() + interval
             now = self._turn(parts, last)
             last = now
-            if (self._state is WorkerState.RUNNING and now >= next_commit
-                    and not self._readiness.expected):
+            if (
+                self._state is WorkerState.RUNNING
+                and now >= next_commit
+                and not self._readiness.expected
+            ):
                 parts.committer.commit()
                 next_commit = time.monotonic() + interval
 
@@ -224,8 +251,9 @@ class Worker:
             wait = min(wait, max(0.0, migrations.next_copy_turn - time.monotonic()))
         # Small batches while leaving or while a rebalance is expected: its
         # callbacks are served after one small batch at most.
-        msgs = consume_available(parts.consumer,
-                                 SMALL_BATCH if prepared else self.settings.batch_size, wait)
+        msgs = consume_available(
+            parts.consumer, SMALL_BATCH if prepared else self.settings.batch_size, wait
+        )
         now = time.monotonic()
         if now - last > self._stall_s:
             self._verify_ownership(parts, now - last)
@@ -261,10 +289,14 @@ class Worker:
         parts.migrations.warm_up()
         self._readiness.prepare()
         parts.coordinator.acknowledge(requests)
-        log.info("committed ahead of a rebalance", extra={
-            "instance": self.instance,
-            "ahead_of": ",".join(sorted({f"{r.kind}:{r.instance}" for r in requests})),
-            "seconds": round(time.monotonic() - started, 3)})
+        log.info(
+            "committed ahead of a rebalance",
+            extra={
+                "instance": self.instance,
+                "ahead_of": ",".join(sorted({f"{r.kind}:{r.instance}" for r in requests})),
+                "seconds": round(time.monotonic() - started, 3),
+            },
+        )
         return True
 
     def _begin_leaving(self, parts: Parts) -> None:
@@ -285,8 +317,10 @@ class Worker:
     def _verify_ownership(self, parts: Parts, stalled_s: float) -> None:
         """After a stall (process stopped, long GC, VM freeze) that may have cost the
         group session, drop every task another instance has claimed meanwhile."""
-        log.warning("worker stalled; verifying task ownership",
-                    extra={"instance": self.instance, "stalled_s": round(stalled_s, 1)})
+        log.warning(
+            "worker stalled; verifying task ownership",
+            extra={"instance": self.instance, "stalled_s": round(stalled_s, 1)},
+        )
         parts.tasks.drop_fenced([task for _, task in parts.tasks.items()])
 
     # -- closing --------------------------------------------------------------------------
@@ -325,16 +359,21 @@ class Worker:
     def _leave_group(self, parts: Parts) -> tuple[bool, BaseException | None]:
         if self._closing is None:
             self._closing = Closing(time.monotonic(), 0.0)
-        if self._static and self.settings.group_protocol == "classic" \
-                and self._state is not WorkerState.FAILED:
+        if (
+            self._static
+            and self.settings.group_protocol == "classic"
+            and self._state is not WorkerState.FAILED
+        ):
             _leave_as_static_member(parts.consumer)
         stuck, error = _close_within(parts.consumer, CLOSE_TIMEOUT_S)
         if stuck or error is not None:
             self._fail()
         if stuck:
-            log.error("the consumer did not close in time; leaving without it (the group "
-                      "evicts this member after its session timeout)",
-                      extra={"instance": self.instance, "timeout_s": CLOSE_TIMEOUT_S})
+            log.error(
+                "the consumer did not close in time; leaving without it (the group "
+                "evicts this member after its session timeout)",
+                extra={"instance": self.instance, "timeout_s": CLOSE_TIMEOUT_S},
+            )
         return stuck, error
 
     def _release(self, parts: Parts) -> None:
@@ -355,8 +394,14 @@ class Worker:
         self._readiness.thaw()
         if self._state is WorkerState.CLOSING:
             self._to(WorkerState.STOPPED)
-        log.info("worker stopped", extra={"instance": self.instance, "state": self._state.value,
-                                          **self.metrics.snapshot()})
+        log.info(
+            "worker stopped",
+            extra={
+                "instance": self.instance,
+                "state": self._state.value,
+                **self.metrics.snapshot(),
+            },
+        )
 
 
 def _leave_as_static_member(consumer: Consumer) -> None:
@@ -370,8 +415,11 @@ def _leave_as_static_member(consumer: Consumer) -> None:
         while consumer.memberid() and time.monotonic() < deadline:
             consumer.consume(1, 0.05)
     except (KafkaException, RuntimeError) as exc:
-        log.warning("leaving the group as a static member failed; its partitions wait for "
-                    "the session timeout", extra={"error": str(exc)})
+        log.warning(
+            "leaving the group as a static member failed; its partitions wait for "
+            "the session timeout",
+            extra={"error": str(exc)},
+        )
 
 
 def _close_within(consumer: Consumer, timeout_s: float) -> tuple[bool, BaseException | None]:

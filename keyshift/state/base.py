@@ -187,8 +187,9 @@ class Store(Protocol):
 
     url: str
 
-    def partition(self, app_id: str, store: str, partition: int, *,
-                  aside: bool = False) -> StorePartition: ...
+    def partition(
+        self, app_id: str, store: str, partition: int, *, aside: bool = False
+    ) -> StorePartition: ...
 
     def ping(self) -> None:
         """Check the backend answers.

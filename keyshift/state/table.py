@@ -48,8 +48,13 @@ def decode_value(data: bytes | None) -> Any:
 class Table:
     """Cached, dirty-tracking access to one store partition."""
 
-    def __init__(self, backend: StorePartition, *, max_entries: int = 200_000,
-                 max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> None:
+    def __init__(
+        self,
+        backend: StorePartition,
+        *,
+        max_entries: int = 200_000,
+        max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+    ) -> None:
         self.backend = backend
         self.max_entries = max_entries
         self.max_record_bytes = max_record_bytes
@@ -129,8 +134,10 @@ class Table:
         if key is None:
             return
         if len(key) > self.max_record_bytes:
-            raise SerializationError(f"state key of {len(key)} bytes is larger than the "
-                                     f"largest changelog record ({self.max_record_bytes})")
+            raise SerializationError(
+                f"state key of {len(key)} bytes is larger than the "
+                f"largest changelog record ({self.max_record_bytes})"
+            )
         check_state_key(key)
         cls = value.__class__
         if cls is int:
@@ -152,7 +159,8 @@ class Table:
         if len(raw) + len(key) > self.max_record_bytes:
             raise SerializationError(
                 f"state value of {len(raw)} bytes (key {len(key)} bytes) is larger than the "
-                f"largest changelog record ({self.max_record_bytes} bytes)")
+                f"largest changelog record ({self.max_record_bytes} bytes)"
+            )
         return raw
 
     def recommit(self, keys: Iterable[bytes]) -> None:
@@ -262,8 +270,12 @@ def write_tables(
                 except StateError as exc:
                     results[i] = exc
             continue
-        errors = commit_many([(writes[i][0].backend, writes[i][1], writes[i][2],
-                               writes[i][0].epoch) for i in indexes])
+        errors = commit_many(
+            [
+                (writes[i][0].backend, writes[i][1], writes[i][2], writes[i][0].epoch)
+                for i in indexes
+            ]
+        )
         for i, error in zip(indexes, errors, strict=True):
             results[i] = error
     return results

@@ -269,18 +269,23 @@ def test_url_errors_never_show_the_password(given: dict[str, Any], setting: str)
 
 @pytest.mark.parametrize(
     "url",
-    ["redis://h", "rediss://u:p@h:6380/1?ssl_cert_reqs=none", "unix:///tmp/r.sock?db=1",
-     "redis://h/0?socket_timeout=2&client_name=w"],
+    [
+        "redis://h",
+        "rediss://u:p@h:6380/1?ssl_cert_reqs=none",
+        "unix:///tmp/r.sock?db=1",
+        "redis://h/0?socket_timeout=2&client_name=w",
+    ],
 )
 def test_good_peer_urls(url: str) -> None:
     assert Settings.build("app", peers=[url, "redis://other:6379/0"]).peers == (
-        url, "redis://other:6379/0")
+        url,
+        "redis://other:6379/0",
+    )
 
 
 def test_named_memory_peers_stay_valid() -> None:
     # Named memory:// stores stand for other instances' state within one process.
-    assert Settings.build("app", state="memory://s1", peers="memory://s0").peers == (
-        "memory://s0",)
+    assert Settings.build("app", state="memory://s1", peers="memory://s0").peers == ("memory://s0",)
 
 
 @pytest.mark.parametrize("peers", [["redis://a", 5], ("redis://a", None), [b"redis://a"], 5])
@@ -319,7 +324,8 @@ def test_exactly_once_interval_below_default_transaction_timeout() -> None:
     limit = DEFAULT_TRANSACTION_TIMEOUT_MS
     eos = {"guarantee": "exactly_once"}
     assert Settings.build("app", commit_interval_ms=limit - 1, **eos).commit_interval_ms == (
-        limit - 1)
+        limit - 1
+    )
     for interval in (limit, limit + 1):
         with pytest.raises(ConfigError) as info:
             Settings.build("app", commit_interval_ms=interval, **eos)

@@ -31,8 +31,17 @@ def test_redact_user_info(url: str, expected: str) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["password", "ssl_password", "ssl_keyfile_password", "PASSWORD", "passwd", "passphrase",
-     "auth_token", "client_secret", "credential_provider"],
+    [
+        "password",
+        "ssl_password",
+        "ssl_keyfile_password",
+        "PASSWORD",
+        "passwd",
+        "passphrase",
+        "auth_token",
+        "client_secret",
+        "credential_provider",
+    ],
 )
 def test_redact_hides_secret_query_parameters(name: str) -> None:
     out = redact(f"redis://h:6379/0?client_name=c&{name}=s3cret&db=1")

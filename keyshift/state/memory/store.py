@@ -94,8 +94,7 @@ class MemoryPartition:
         return len(self.data)
 
     def usage(self) -> dict[str, int]:
-        return {"keys": len(self.data),
-                "bytes": sum(len(k) + len(v) for k, v in self.data.items())}
+        return {"keys": len(self.data), "bytes": sum(len(k) + len(v) for k, v in self.data.items())}
 
     def clear(self) -> None:
         self.data.clear()
@@ -109,8 +108,9 @@ class MemoryStore:
         self.url = url
         self._partitions: dict[tuple[str, str, int], MemoryPartition] = {}
 
-    def partition(self, app_id: str, store: str, partition: int, *,
-                  aside: bool = False) -> MemoryPartition:
+    def partition(
+        self, app_id: str, store: str, partition: int, *, aside: bool = False
+    ) -> MemoryPartition:
         main = self._partitions.setdefault((app_id, store, partition), MemoryPartition())
         return main.aside if aside else main
 

@@ -42,7 +42,9 @@ if current < epoch then
 end
 """
 
-_COMMIT = _FENCE + """
+_COMMIT = (
+    _FENCE
+    + """
 local last = 3 + 2 * tonumber(ARGV[3])
 if last > 3 then
   redis.call('HSET', KEYS[1], unpack(ARGV, 4, last))
@@ -55,15 +57,19 @@ if ARGV[2] ~= '' then
 end
 return 1
 """
+)
 
 
-_COPY_MISSING = _FENCE + """
+_COPY_MISSING = (
+    _FENCE
+    + """
 local added = 0
 for i = 2, #ARGV, 2 do
   added = added + redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1])
 end
 return added
 """
+)
 
 
 _CLAIM = """
@@ -73,10 +79,13 @@ return epoch
 """
 
 
-_RESTORE = _FENCE + """
+_RESTORE = (
+    _FENCE
+    + """
 redis.call('RESTORE', KEYS[1], 0, ARGV[2], 'REPLACE')
 return redis.call('HLEN', KEYS[1])
 """
+)
 
 
 _SET_ASIDE = """
@@ -92,8 +101,9 @@ return 1
 """
 
 
-def partition_keys(app_id: str, store: str, partition: int, *,
-                   aside: bool = False) -> tuple[str, str]:
+def partition_keys(
+    app_id: str, store: str, partition: int, *, aside: bool = False
+) -> tuple[str, str]:
     """The data and meta key names of one store partition (or of its aside copy)."""
     tag = f"ks:{{{app_id}:{store}:{partition}}}"
     prefix = "o" if aside else ""
@@ -111,8 +121,13 @@ class RedisPartition:
         aside: bool = False,
     ) -> None:
         self._r = client
-        (self._script, self._copy_script, self._claim_script, self._restore_script,
-         self._aside_script) = scripts
+        (
+            self._script,
+            self._copy_script,
+            self._claim_script,
+            self._restore_script,
+            self._aside_script,
+        ) = scripts
         self.data_key, self.meta_key = partition_keys(app_id, store, p, aside=aside)
         self._aside_keys = partition_keys(app_id, store, p, aside=True)
 
@@ -144,8 +159,9 @@ class RedisPartition:
         if error is not None:
             raise error
 
-    def _queue_commit(self, pipe: Any, changes: Mapping[bytes, bytes | None], stamp: Stamp,
-                      epoch: int) -> int:
+    def _queue_commit(
+        self, pipe: Any, changes: Mapping[bytes, bytes | None], stamp: Stamp, epoch: int
+    ) -> int:
         """Queue the commit's script calls on ``pipe``; returns how many."""
         sets = [(k, v) for k, v in changes.items() if v is not None]
         deletes = [k for k, v in changes.items() if v is None]
@@ -185,7 +201,8 @@ class RedisPartition:
             except redis.RedisError as exc:
                 for i in indexes:
                     results[i] = StateError(
-                        f"state commit to {writes[i][0].data_key} failed: {exc}")
+                        f"state commit to {writes[i][0].data_key} failed: {exc}"
+                    )
                 continue
             at = 0
             for i, count in spans:
@@ -193,9 +210,11 @@ class RedisPartition:
                 at += count
                 if errors:
                     part, error = writes[i][0], errors[0]
-                    results[i] = (part._error(error) if isinstance(error, redis.ResponseError)
-                                  else StateError(f"state commit to {part.data_key} failed: "
-                                                  f"{error}"))
+                    results[i] = (
+                        part._error(error)
+                        if isinstance(error, redis.ResponseError)
+                        else StateError(f"state commit to {part.data_key} failed: {error}")
+                    )
         return results
 
     def _error(self, exc: redis.ResponseError) -> StateError:
@@ -250,8 +269,9 @@ class RedisPartition:
         Redis version), so callers can fall back to a key-by-key copy.
         """
         try:
-            return int(self._restore_script(keys=[self.data_key, self.meta_key],
-                                            args=[epoch, payload]))
+            return int(
+                self._restore_script(keys=[self.data_key, self.meta_key], args=[epoch, payload])
+            )
         except redis.ResponseError as exc:
             raise self._error(exc) from exc
 
@@ -287,8 +307,10 @@ class RedisPartition:
         return int(self._r.hlen(self.data_key))
 
     def usage(self) -> dict[str, int]:
-        return {"keys": int(self._r.hlen(self.data_key)),
-                "bytes": int(self._r.memory_usage(self.data_key) or 0)}
+        return {
+            "keys": int(self._r.hlen(self.data_key)),
+            "bytes": int(self._r.memory_usage(self.data_key) or 0),
+        }
 
     def clear(self) -> None:
         self._r.unlink(self.data_key, self.meta_key)
@@ -304,7 +326,10 @@ class RedisStore:
             # connection has no such option.
             tcp = {} if url.startswith("unix://") else {"socket_keepalive": True}
             self._r = redis.Redis.from_url(
-                url, socket_connect_timeout=timeout_s or 10.0, socket_timeout=timeout_s, **tcp,
+                url,
+                socket_connect_timeout=timeout_s or 10.0,
+                socket_timeout=timeout_s,
+                **tcp,
             )
         except ValueError as exc:
             raise StateError(f"bad Redis URL for the 'state' setting: {exc}") from exc
@@ -322,8 +347,9 @@ class RedisStore:
         except redis.RedisError as exc:
             raise StateError(f"cannot reach Redis at {redact(self.url)}: {exc}") from exc
 
-    def partition(self, app_id: str, store: str, partition: int, *,
-                  aside: bool = False) -> RedisPartition:
+    def partition(
+        self, app_id: str, store: str, partition: int, *, aside: bool = False
+    ) -> RedisPartition:
         return RedisPartition(self._r, self._scripts, app_id, store, partition, aside)
 
     def close(self) -> None:

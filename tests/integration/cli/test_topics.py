@@ -13,8 +13,9 @@ pytestmark = pytest.mark.integration
 def test_topics_create_describe_delete(brokers: str, unique) -> None:
     name = unique("cli-topic")
     runner = CliRunner()
-    created = runner.invoke(main, ["topics", "create", name, "-p", "3", "--compact",
-                                   "--brokers", brokers])
+    created = runner.invoke(
+        main, ["topics", "create", name, "-p", "3", "--compact", "--brokers", brokers]
+    )
     assert created.exit_code == 0 and f"created {name}" in created.output
     again = runner.invoke(main, ["topics", "create", name, "--brokers", brokers])
     assert again.exit_code == 1

@@ -18,12 +18,16 @@ pytestmark = pytest.mark.integration
 def _create_topic(admin: Any, name: str, partitions: int = 1, **config: str) -> None:
     futures = admin.create_topics([NewTopic(name, num_partitions=partitions, config=config)])
     futures[name].result(timeout=30)
+
     # The controller acknowledges before every broker has applied the new metadata.
     def ready() -> bool:
         topic = admin.list_topics(name, timeout=10).topics.get(name)
-        return (topic is not None and topic.error is None
-                and len(topic.partitions) == partitions
-                and all(p.leader >= 0 for p in topic.partitions.values()))
+        return (
+            topic is not None
+            and topic.error is None
+            and len(topic.partitions) == partitions
+            and all(p.leader >= 0 for p in topic.partitions.values())
+        )
 
     assert wait_for(ready, 30, 0.1), f"topic {name} did not appear in the metadata within 30s"
 

@@ -34,8 +34,12 @@ def _two_workers(ref: str, urls: list[str], tmp_path: Path, env: dict[str, str])
     log = tmp_path / "workers.log"
     env = dict(env, KEYSHIFT_PEERS=",".join([env.get("KEYSHIFT_PEERS", ""), *urls]).strip(","))
     return [
-        spawn(keyshift_cmd("worker", ref, "--instance-id", f"w{i}", "--state", urls[i]),
-              tmp_path, log, env)
+        spawn(
+            keyshift_cmd("worker", ref, "--instance-id", f"w{i}", "--state", urls[i]),
+            tmp_path,
+            log,
+            env,
+        )
         for i in range(2)
     ], log
 
@@ -80,12 +84,31 @@ def private_redis(tmp_path: Path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
-                             "--save", "", "--appendonly", "no"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    assert wait_for(lambda: subprocess.run(["redis-cli", "-p", str(port), "ping"],
-                                           capture_output=True).stdout.strip() == b"PONG",
-                    10, 0.1)
+    proc = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    assert wait_for(
+        lambda: (
+            subprocess.run(
+                ["redis-cli", "-p", str(port), "ping"], capture_output=True
+            ).stdout.strip()
+            == b"PONG"
+        ),
+        10,
+        0.1,
+    )
     yield proc, f"redis://127.0.0.1:{port}/0"
     if proc.poll() is None:
         proc.kill()
@@ -94,13 +117,17 @@ def private_redis(tmp_path: Path):
 
 def taken_over(brokers: str, app_id: str, since_ms: float) -> list[dict[str, object]]:
     """Migration events of tasks the survivor w0 took from w1 after ``since_ms``."""
-    return [e for e in events(brokers, app_id) if e["from_instance"] == "w1"
-            and e["to_instance"] == "w0" and e["assigned_ms"] > since_ms]
+    return [
+        e
+        for e in events(brokers, app_id)
+        if e["from_instance"] == "w1" and e["to_instance"] == "w0" and e["assigned_ms"] > since_ms
+    ]
 
 
 @pytest.mark.parametrize("keep_redis", [True, False], ids=["transfer", "replay"])
-def test_kill9_with_per_instance_redis(keep_redis, brokers, admin, redis_url, private_redis,
-                                       unique, tmp_path: Path):
+def test_kill9_with_per_instance_redis(
+    keep_redis, brokers, admin, redis_url, private_redis, unique, tmp_path: Path
+):
     redis_proc, victim_url = private_redis
     app_id, source, sink = unique("k9"), unique("events"), unique("counts")
     create_topic(admin, source, 4)
@@ -110,13 +137,15 @@ def test_kill9_with_per_instance_redis(keep_redis, brokers, admin, redis_url, pr
     (survivor, victim), log = _two_workers(ref, [redis_url, victim_url], tmp_path, env)
     producer = threading.Thread(target=_produce_keys, args=(brokers, source, data, 1500))
     try:
-        assert wait_for(lambda: group_holds(admin, app_id, [source], 2), 60), (
-            log.read_text()[-3000:])
+        assert wait_for(lambda: group_holds(admin, app_id, [source], 2), 60), log.read_text()[
+            -3000:
+        ]
         producer.start()
         # Mid-stream: both workers hold state of their own (their tasks' events are
         # out) and about a third of the input is processed when the victim dies.
-        assert wait_for(lambda: settled(brokers, admin, app_id, source, 2), 60), (
-            log.read_text()[-3000:])
+        assert wait_for(lambda: settled(brokers, admin, app_id, source, 2), 60), log.read_text()[
+            -3000:
+        ]
         assert wait_for(lambda: committed(admin, app_id, source) >= len(data) // 3, 60)
         killed_ms = time.time() * 1000
         victim.kill()
@@ -132,8 +161,11 @@ def test_kill9_with_per_instance_redis(keep_redis, brokers, admin, redis_url, pr
         if victim.poll() is None:
             victim.kill()
             victim.wait()
-    moved = [e for e in events(brokers, app_id) if e["from_instance"] == "w1"
-             and e["to_instance"] == "w0" and e["assigned_ms"] > killed_ms]
+    moved = [
+        e
+        for e in events(brokers, app_id)
+        if e["from_instance"] == "w1" and e["to_instance"] == "w0" and e["assigned_ms"] > killed_ms
+    ]
     assert moved, log.read_text()[-3000:]
     assert {e["strategy"] for e in moved} == ({"progressive"} if keep_redis else {"replay"})
 
@@ -152,18 +184,21 @@ def test_zombie_is_fenced(guarantee, brokers, admin, redis_urls, unique, tmp_pat
     # The producer outlives the stop, so the rightful owners write after the zombie.
     producer = threading.Thread(target=_produce_keys, args=(brokers, source, data, 500))
     try:
-        assert wait_for(lambda: group_holds(admin, app_id, [source], 2), 60), (
-            log.read_text()[-3000:])
+        assert wait_for(lambda: group_holds(admin, app_id, [source], 2), 60), log.read_text()[
+            -3000:
+        ]
         producer.start()
         # Both workers process: each holds state of its own (their tasks' events are out).
-        assert wait_for(lambda: settled(brokers, admin, app_id, source, 2), 60), (
-            log.read_text()[-3000:])
+        assert wait_for(lambda: settled(brokers, admin, app_id, source, 2), 60), log.read_text()[
+            -3000:
+        ]
         stopped_ms = time.time() * 1000
         zombie.send_signal(signal.SIGSTOP)
         # Past the 10 s session timeout its tasks move to the survivor, which
         # claims their state: from then on the zombie is fenced.
-        assert wait_for(lambda: taken_over(brokers, app_id, stopped_ms), 90), (
-            log.read_text()[-4000:])
+        assert wait_for(lambda: taken_over(brokers, app_id, stopped_ms), 90), log.read_text()[
+            -4000:
+        ]
         zombie.send_signal(signal.SIGCONT)
         producer.join()
         expected = _counts(data)

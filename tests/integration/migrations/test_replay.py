@@ -53,9 +53,13 @@ def test_end_offsets_and_committed_tail(
     # The coordinator writes commit markers just after it answers the commit.
     wanted = [(topic, 0), (other, 0), (other, 1)]
     assert wait_for(
-        lambda: end_offsets(admin, wanted, read_committed=True)[(topic, 0)] >= 4, 10, 0.05)
+        lambda: end_offsets(admin, wanted, read_committed=True)[(topic, 0)] >= 4, 10, 0.05
+    )
     assert end_offsets(admin, wanted, read_committed=True) == {
-        (topic, 0): 4, (other, 0): 0, (other, 1): 0}
+        (topic, 0): 4,
+        (other, 0): 0,
+        (other, 1): 0,
+    }
 
     # An open transaction moves the high watermark, not the last stable offset.
     producer.begin_transaction()
@@ -75,17 +79,16 @@ def test_end_offsets_and_committed_tail(
         assert part.get_many([b"a", b"b", b"c"]) == [b"1", b"2", None]
 
         # From that stamp only the commit marker is left: nothing to read.
-        again = replay_changelog(consumer, topic, 0, part, result.stamp, 2, end=4,
-                                 read_committed=True)
+        again = replay_changelog(
+            consumer, topic, 0, part, result.stamp, 2, end=4, read_committed=True
+        )
         assert (again.stamp, again.records) == (result.stamp, 0)
     finally:
         consumer.close()
         producer.abort_transaction(30)
 
 
-def test_redis_wiped_rebuilds_from_changelog(
-    brokers, admin, redis_client, unique, tmp_path: Path
-):
+def test_redis_wiped_rebuilds_from_changelog(brokers, admin, redis_client, unique, tmp_path: Path):
     app_id, source, sink = unique("wipe"), unique("sentences"), unique("counts")
     create_topic(admin, source, 3)
     first, second = sentences(2000), sentences(1000, start=2000)

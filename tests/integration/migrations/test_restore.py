@@ -38,9 +38,15 @@ def create_topics(admin: Any, app: str, partitions: int = 1) -> str:
     return changelog
 
 
-def two_servers(brokers: str, redis_urls: list[str], admin: Any,
-                unique: Callable[..., str], *, partitions: int = 1,
-                **given: Any) -> tuple[Settings, str, str]:
+def two_servers(
+    brokers: str,
+    redis_urls: list[str],
+    admin: Any,
+    unique: Callable[..., str],
+    *,
+    partitions: int = 1,
+    **given: Any,
+) -> tuple[Settings, str, str]:
     """Settings (``given``: more of them) of a new app on R1 with R2 as its peer,
     its topics created; skips the test without two Redis servers."""
     if len(redis_urls) < 2:
@@ -53,17 +59,31 @@ def two_servers(brokers: str, redis_urls: list[str], admin: Any,
 
 
 @contextmanager
-def restorer_for(settings: Settings, local: RedisStore, instance: str, *,
-                 sources: Callable[[str], Store] | None = None,
-                 ) -> Iterator[tuple[LocationsView, Restorer]]:
+def restorer_for(
+    settings: Settings,
+    local: RedisStore,
+    instance: str,
+    *,
+    sources: Callable[[str], Store] | None = None,
+) -> Iterator[tuple[LocationsView, Restorer]]:
     """A live locations view and a Restorer for ``instance`` (``sources``: how it
     opens another instance's state), closed afterwards."""
     app = settings.app_id
-    view = LocationsView(f"{app}--state-locations", control_consumer_config(settings, "locations"),
-                         control_producer_config(settings))
+    view = LocationsView(
+        f"{app}--state-locations",
+        control_consumer_config(settings, "locations"),
+        control_producer_config(settings),
+    )
     restore_consumer = Consumer(reader_config({"bootstrap.servers": settings.brokers}, "t"))
-    restorer = Restorer(settings, local, view, lambda: restore_consumer, instance,
-                        lambda s: f"{app}--{s}-changelog", sources=sources)
+    restorer = Restorer(
+        settings,
+        local,
+        view,
+        lambda: restore_consumer,
+        instance,
+        lambda s: f"{app}--{s}-changelog",
+        sources=sources,
+    )
     try:
         yield view, restorer
     finally:
@@ -128,8 +148,9 @@ def test_task_back_mid_copy_sets_its_stale_copy_aside(
 
     try:
         with restorer_for(settings, r1, "i1") as (view, restorer):
-            view.publish(Location("s", 0, "i2", redact(r2_url), e2, complete=False,
-                                  source=redact(r1_url)))
+            view.publish(
+                Location("s", 0, "i2", redact(r2_url), e2, complete=False, source=redact(r1_url))
+            )
             view.catch_up()
             restored = restorer.open("s", 0)
             restorer.flush()  # the chain reads the aside copy: it stays
@@ -149,7 +170,10 @@ def test_task_back_mid_copy_sets_its_stale_copy_aside(
             final = view.get("s", 0)
             assert final is not None and final.complete and final.url == redact(r1_url)
         assert {k: v for batch in old.scan() for k, v in batch} == {
-            b"a": b"10", b"b": b"2", b"c": b"3"}
+            b"a": b"10",
+            b"b": b"2",
+            b"c": b"3",
+        }
         assert aside.key_count() == 0 and new.key_count() == 0
         stamp = old.read_stamp()
         assert stamp is not None and stamp.input_offset == 20  # R2's, the newest
@@ -187,8 +211,7 @@ def test_an_aside_copy_no_chain_reads_is_dropped_once_the_location_is_durable(
         assert aside.key_count() == 0
         assert redis_client.exists(*partition_keys(app, "s", 0, aside=True)) == 0
         # A later set-aside under the same tag is not mistaken for a retry.
-        local.commit({b"c": b"3"}, Stamp(11, 0, epoch=restored.table.epoch),
-                     restored.table.epoch)
+        local.commit({b"c": b"3"}, Stamp(11, 0, epoch=restored.table.epoch), restored.table.epoch)
         assert local.set_aside("abandoned@1")
         assert aside.key_count() == 1
     finally:
@@ -228,7 +251,10 @@ def test_warm_up_connects_to_the_other_instances_redis_before_any_restore(
 
 
 def test_a_source_that_answered_just_now_is_not_pinged_again(
-    brokers: str, redis_urls: list[str], admin: Any, unique: Callable[..., str],
+    brokers: str,
+    redis_urls: list[str],
+    admin: Any,
+    unique: Callable[..., str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Warmed up ahead of a planned rebalance, the restores that follow skip a
@@ -256,8 +282,9 @@ def test_a_source_that_answered_just_now_is_not_pinged_again(
         r1.close()
 
 
-def _three_tasks_on(source: RedisStore, settings: Settings,
-                    view: LocationsView) -> dict[int, dict[bytes, bytes]]:
+def _three_tasks_on(
+    source: RedisStore, settings: Settings, view: LocationsView
+) -> dict[int, dict[bytes, bytes]]:
     """Store "s" partitions 0-2 owned by i1 in ``source``, their locations
     published; returns each partition's data."""
     data = {}
@@ -272,8 +299,9 @@ def _three_tasks_on(source: RedisStore, settings: Settings,
 
 
 @contextmanager
-def _source_and_target(r1_url: str, r2_url: str,
-                       app: str) -> Iterator[tuple[RedisStore, RedisStore]]:
+def _source_and_target(
+    r1_url: str, r2_url: str, app: str
+) -> Iterator[tuple[RedisStore, RedisStore]]:
     """R1 (this instance's) and R2 (the source's), emptied of partitions 0-2 and
     closed afterwards."""
     r1, r2 = RedisStore(r1_url), RedisStore(r2_url)
@@ -288,14 +316,18 @@ def _source_and_target(r1_url: str, r2_url: str,
 
 
 def test_the_restores_of_one_assignment_move_their_state_side_by_side(
-    brokers: str, redis_urls: list[str], admin: Any, unique: Callable[..., str],
+    brokers: str,
+    redis_urls: list[str],
+    admin: Any,
+    unique: Callable[..., str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Three stop-and-copy restores: every copy starts before any ends (they wait
     for each other at a barrier), each comes out whole, in the order asked, with
     the assignment's time."""
-    settings, r1_url, r2_url = two_servers(brokers, redis_urls, admin, unique, partitions=3,
-                                           migration="stop-and-copy")
+    settings, r1_url, r2_url = two_servers(
+        brokers, redis_urls, admin, unique, partitions=3, migration="stop-and-copy"
+    )
     all_started = threading.Barrier(3, timeout=10)
     threads: list[str] = []
 
@@ -309,8 +341,7 @@ def test_the_restores_of_one_assignment_move_their_state_side_by_side(
     with _source_and_target(r1_url, r2_url, app) as (r1, r2):
         with restorer_for(settings, r1, "i2") as (view, restorer):
             data = _three_tasks_on(r2, settings, view)
-            restored = list(restorer.open_all([("s", p, None) for p in range(3)],
-                                              assigned_ms=1234))
+            restored = list(restorer.open_all([("s", p, None) for p in range(3)], assigned_ms=1234))
             restorer.flush()
         assert [r.event.partition for r in restored] == [0, 1, 2]
         assert len(set(threads)) == 3 and all(t.startswith("keyshift-restore") for t in threads)
@@ -332,8 +363,9 @@ class _LosesPartition1:
     def __init__(self, inner: Store) -> None:
         self.inner = inner
 
-    def partition(self, app_id: str, store: str, partition: int, *,
-                  aside: bool = False) -> StorePartition:
+    def partition(
+        self, app_id: str, store: str, partition: int, *, aside: bool = False
+    ) -> StorePartition:
         if partition == 1:
             raise StateError("lost the source mid-restore")
         return self.inner.partition(app_id, store, partition, aside=aside)
@@ -343,7 +375,10 @@ class _LosesPartition1:
 
 
 def test_a_failed_restore_fails_the_assignment_after_the_others_stopped(
-    brokers: str, redis_urls: list[str], admin: Any, unique: Callable[..., str],
+    brokers: str,
+    redis_urls: list[str],
+    admin: Any,
+    unique: Callable[..., str],
 ) -> None:
     """The error reaches the caller where that restore's turn comes; by then no
     restore thread runs any more."""

@@ -39,8 +39,9 @@ STRATEGIES = ["handoff", "stop-and-copy", "progressive", "replay"]
 
 @pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
 @pytest.mark.parametrize("strategy", STRATEGIES)
-def test_scale_1_3_1_mid_stream(strategy, guarantee, brokers, admin, redis_urls, unique,
-                                tmp_path: Path):
+def test_scale_1_3_1_mid_stream(
+    strategy, guarantee, brokers, admin, redis_urls, unique, tmp_path: Path
+):
     if strategy != "handoff" and len(redis_urls) < 3:
         pytest.skip("needs 3 Redis servers (keyshift dev up --redis-instances 2)")
     app_id, source, sink = unique("scale"), unique("sentences"), unique("counts")
@@ -53,25 +54,34 @@ def test_scale_1_3_1_mid_stream(strategy, guarantee, brokers, admin, redis_urls,
     log = tmp_path / "run.log"
     state_args = [a for url in states for a in ("--state", url)]
     sup = spawn(keyshift_cmd("run", ref, "--instances", "1", *state_args), tmp_path, log, env)
-    producer = threading.Thread(target=produce_json, args=(brokers, source, data),
-                                kwargs={"rate": 1200})
+    producer = threading.Thread(
+        target=produce_json, args=(brokers, source, data), kwargs={"rate": 1200}
+    )
     repartition = f"{app_id}--keyby-1-repartition"
     try:
         assert wait_for(lambda: len(children(sup.pid)) == 1, 30)
         assert wait_for(lambda: group_holds(admin, app_id, [source, repartition], 1), 60), (
-            log.read_text()[-3000:])
+            log.read_text()[-3000:]
+        )
         producer.start()
         # Mid-stream: part of the input is processed before the scale-out.
         assert wait_for(lambda: committed(admin, app_id, source) >= len(data) // 6, 60)
         for n in (3, 1):
-            subprocess.run(keyshift_cmd("scale", ref, "--instances", str(n)), cwd=tmp_path,
-                           env=env, check=True, capture_output=True, timeout=30)
+            subprocess.run(
+                keyshift_cmd("scale", ref, "--instances", str(n)),
+                cwd=tmp_path,
+                env=env,
+                check=True,
+                capture_output=True,
+                timeout=30,
+            )
             assert wait_for(lambda n=n: len(children(sup.pid)) == n, 60), log.read_text()[-3000:]
             if n == 3:
                 # The scale-out is done: every stateful task's state reached its
                 # new owner, and the moved tasks processed (their events are out).
                 assert wait_for(lambda: settled(brokers, admin, app_id, repartition, 3), 90), (
-                    log.read_text()[-3000:])
+                    log.read_text()[-3000:]
+                )
         producer.join()
         expected = expected_counts(data)
         assert wait_for(lambda: converged(brokers, sink, expected), 150), log.read_text()[-4000:]
@@ -92,19 +102,22 @@ def test_scale_1_3_1_mid_stream(strategy, guarantee, brokers, admin, redis_urls,
     order = [(m["kind"], m["incarnation"]) for m in messages]
     first_two = leavers[:2]
     assert max(order.index(("last", i)) for i in first_two) < min(
-        order.index(("bye", i)) for i in first_two), order
+        order.index(("bye", i)) for i in first_two
+    ), order
     if guarantee == "exactly_once":
         assert_strictly_increasing(brokers, sink)
-    moved = [e for e in events(brokers, app_id) if e["from_instance"] not in (None,
-             e["to_instance"])]
+    moved = [
+        e for e in events(brokers, app_id) if e["from_instance"] not in (None, e["to_instance"])
+    ]
     assert moved, "no migration event for a task that changed owner"
     assert {e["strategy"] for e in moved} == {strategy}, moved
     if strategy in ("stop-and-copy", "progressive"):
         assert sum(int(e["keys"]) for e in moved) > 0
 
 
-def test_progressive_resumes_before_copy_finishes(brokers, admin, redis_urls, unique,
-                                                  tmp_path: Path):
+def test_progressive_resumes_before_copy_finishes(
+    brokers, admin, redis_urls, unique, tmp_path: Path
+):
     """Processing restarts at once; keys fetched on demand are correct (exact counts)."""
     if len(redis_urls) < 2:
         pytest.skip("needs 2 Redis servers")
@@ -133,8 +146,12 @@ def test_progressive_resumes_before_copy_finishes(brokers, admin, redis_urls, un
     send(keys)
     env = worker_env(tmp_path)
     log = tmp_path / "workers.log"
-    first = spawn(keyshift_cmd("worker", "progapp:app", "--instance-id", "p0",
-                                "--state", redis_urls[0]), tmp_path, log, env)
+    first = spawn(
+        keyshift_cmd("worker", "progapp:app", "--instance-id", "p0", "--state", redis_urls[0]),
+        tmp_path,
+        log,
+        env,
+    )
     second = None
     try:
         assert wait_for(lambda: converged(brokers, sink, expected), 120), log.read_text()[-3000:]
@@ -145,16 +162,23 @@ def test_progressive_resumes_before_copy_finishes(brokers, admin, redis_urls, un
         feeder.start()
         # The second worker joins while the hot keys are being processed.
         assert wait_for(lambda: committed(admin, app_id, source) > len(keys), 60)
-        second = spawn(keyshift_cmd("worker", "progapp:app", "--instance-id", "p1",
-                                     "--state", redis_urls[1]), tmp_path, log, env)
+        second = spawn(
+            keyshift_cmd("worker", "progapp:app", "--instance-id", "p1", "--state", redis_urls[1]),
+            tmp_path,
+            log,
+            env,
+        )
         feeder.join()
         assert wait_for(lambda: converged(brokers, sink, expected), 120), log.read_text()[-3000:]
     finally:
         for proc in (first, second):
             if proc is not None:
                 stop(proc)
-    moved = [e for e in events(brokers, app_id) if e["from_instance"] == "p0"
-             and e["to_instance"] == "p1"]
+    moved = [
+        e
+        for e in events(brokers, app_id)
+        if e["from_instance"] == "p0" and e["to_instance"] == "p1"
+    ]
     assert len(moved) == 1, moved
     event = moved[0]
     assert event["strategy"] == "progressive"

@@ -41,8 +41,7 @@ def test_kill9_worker_mid_stream(guarantee, protocol, brokers, admin, unique, tm
     app_id, source, sink = unique("crash"), unique("sentences"), unique("counts")
     create_topic(admin, source, 6)
     data = sentences(20000)
-    ref = write_app(tmp_path, "crashapp", app_id, source, sink, guarantee,
-                    group_protocol=protocol)
+    ref = write_app(tmp_path, "crashapp", app_id, source, sink, guarantee, group_protocol=protocol)
     log = tmp_path / "run.log"
     sup = spawn(keyshift_cmd("run", ref, "--instances", "2"), tmp_path, log)
     producer = threading.Thread(
@@ -53,11 +52,13 @@ def test_kill9_worker_mid_stream(guarantee, protocol, brokers, admin, unique, tm
         assert wait_for(lambda: len(children(sup.pid)) == 2, 30)
         # Both workers are in the group, every partition held.
         assert wait_for(lambda: group_holds(admin, app_id, [source, repartition], 2), 60), (
-            log.read_text()[-4000:])
+            log.read_text()[-4000:]
+        )
         producer.start()
         # Mid-stream: about a third of the input is processed and committed.
         assert wait_for(lambda: committed(admin, app_id, source) >= len(data) // 3, 60), (
-            log.read_text()[-4000:])
+            log.read_text()[-4000:]
+        )
         victim = children(sup.pid)[0]
         os.kill(victim, signal.SIGKILL)
         producer.join()

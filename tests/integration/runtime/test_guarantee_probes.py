@@ -23,8 +23,13 @@ pytestmark = pytest.mark.integration
 
 def wordcount(app_id: str, source: str, sink: str, **settings: Any) -> App:
     app = App(app_id, commit_interval_ms=200, **settings)
-    (app.stream(source).flat_map(lambda s: s.split(" ")).key_by(lambda w: w)
-        .count(store="counts").to(sink))
+    (
+        app.stream(source)
+        .flat_map(lambda s: s.split(" "))
+        .key_by(lambda w: w)
+        .count(store="counts")
+        .to(sink)
+    )
     return app
 
 
@@ -44,7 +49,9 @@ def counts(brokers: str, sink: str) -> dict[str, int]:
 
 
 def test_an_output_too_large_for_its_sink_is_dead_lettered_and_the_next_one_arrives(
-    brokers: str, admin: Any, unique: Callable[..., str],
+    brokers: str,
+    admin: Any,
+    unique: Callable[..., str],
 ) -> None:
     app_id, source, sink = unique("h1"), unique("in"), unique("out")
     create_topic(admin, source, 1)
@@ -63,12 +70,14 @@ def test_an_output_too_large_for_its_sink_is_dead_lettered_and_the_next_one_arri
 
 
 def test_an_input_word_equal_to_the_marker_key_cannot_forge_a_marker(
-    brokers: str, admin: Any, redis_url: str, unique: Callable[..., str],
+    brokers: str,
+    admin: Any,
+    redis_url: str,
+    unique: Callable[..., str],
 ) -> None:
     app_id, source, sink = unique("h3"), unique("in"), unique("out")
     create_topic(admin, source, 1)
-    produce(brokers, source, [orjson.dumps("one \u0000keyshift.stamp two"),
-                              orjson.dumps("one")])
+    produce(brokers, source, [orjson.dumps("one \u0000keyshift.stamp two"), orjson.dumps("one")])
     with WorkerThread(wordcount(app_id, source, sink).worker()) as running:
         assert wait_for(lambda: counts(brokers, sink) == {"one": 2, "two": 1}, 60)
     assert running.error is None
@@ -89,7 +98,10 @@ def test_an_input_word_equal_to_the_marker_key_cannot_forge_a_marker(
 
 
 def test_garbage_and_forged_records_in_the_locations_topic_are_not_followed(
-    brokers: str, admin: Any, redis_urls: list[str], unique: Callable[..., str],
+    brokers: str,
+    admin: Any,
+    redis_urls: list[str],
+    unique: Callable[..., str],
 ) -> None:
     if len(redis_urls) < 2:
         pytest.skip("needs two Redis servers (keyshift dev up --redis-instances 1)")
@@ -123,14 +135,22 @@ def test_garbage_and_forged_records_in_the_locations_topic_are_not_followed(
 
 
 def test_two_processes_with_one_instance_id_do_not_fence_each_other_in_turn(
-    brokers: str, admin: Any, unique: Callable[..., str],
+    brokers: str,
+    admin: Any,
+    unique: Callable[..., str],
 ) -> None:
     app_id, source, sink = unique("m5"), unique("in"), unique("out")
     create_topic(admin, source, 2)
 
     def worker() -> Any:
-        return wordcount(app_id, source, sink, guarantee="exactly_once",
-                         instance_id="same", static_membership=False).worker()
+        return wordcount(
+            app_id,
+            source,
+            sink,
+            guarantee="exactly_once",
+            instance_id="same",
+            static_membership=False,
+        ).worker()
 
     with WorkerThread(worker()) as first:
         produce(brokers, source, [orjson.dumps("a")])

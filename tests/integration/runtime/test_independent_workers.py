@@ -47,8 +47,12 @@ class Fleet:
             env = dict(self.env, KEYSHIFT_HOME=str(self.tmp_path / f"home-{name}"))
             with self.log.open("ab") as out:
                 self.procs[name] = subprocess.Popen(
-                    keyshift_cmd("worker", self.ref, "--instance-id", name), cwd=self.tmp_path,
-                    env=env, stdout=out, stderr=subprocess.STDOUT)
+                    keyshift_cmd("worker", self.ref, "--instance-id", name),
+                    cwd=self.tmp_path,
+                    env=env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
 
     def stop(self, *names: str) -> float:
         """SIGTERM ``names`` together; returns when (ms) they were signalled."""
@@ -70,7 +74,12 @@ class Fleet:
 
 @pytest.mark.parametrize("membership", ["dynamic", "static"])
 def test_independent_workers_scale_out_and_in_exactly(
-    membership: str, brokers: str, admin: Any, redis_url: str, unique: Any, tmp_path: Path,
+    membership: str,
+    brokers: str,
+    admin: Any,
+    redis_url: str,
+    unique: Any,
+    tmp_path: Path,
 ) -> None:
     app_id, source, sink = unique("ind"), unique("sentences"), unique("counts")
     create_topic(admin, source, 6)
@@ -78,37 +87,47 @@ def test_independent_workers_scale_out_and_in_exactly(
     # Stable ids with static membership: only the classic protocol lets a
     # static member leave for good (librdkafka sends epoch -2 under KIP-848).
     protocol = "classic" if membership == "static" else "consumer"
-    env = dict(os.environ, PYTHONPATH=str(tmp_path), KEYSHIFT_STATE=redis_url,
-               KEYSHIFT_GROUP_PROTOCOL=protocol,
-               KEYSHIFT_STATIC_MEMBERSHIP=str(membership == "static").lower())
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(tmp_path),
+        KEYSHIFT_STATE=redis_url,
+        KEYSHIFT_GROUP_PROTOCOL=protocol,
+        KEYSHIFT_STATIC_MEMBERSHIP=str(membership == "static").lower(),
+    )
     data = sentences(12000)
     fleet = Fleet(tmp_path, ref, env)
-    producer = threading.Thread(target=produce_json, args=(brokers, source, data),
-                                kwargs={"rate": 1000})
+    producer = threading.Thread(
+        target=produce_json, args=(brokers, source, data), kwargs={"rate": 1000}
+    )
     try:
         fleet.start("w0")
-        assert wait_for(lambda: any(e["to_instance"] == "w0" for e in events(brokers, app_id)),
-                        60), fleet.tail()
+        assert wait_for(
+            lambda: any(e["to_instance"] == "w0" for e in events(brokers, app_id)), 60
+        ), fleet.tail()
         producer.start()
         # Mid-stream: part of the input is processed before the group grows.
         assert wait_for(lambda: committed(admin, app_id, source) >= len(data) // 6, 60)
         fleet.start("w1", "w2")
-        assert wait_for(lambda: {e["to_instance"] for e in events(brokers, app_id)}
-                        >= {"w0", "w1", "w2"}, 60), fleet.tail()
+        assert wait_for(
+            lambda: {e["to_instance"] for e in events(brokers, app_id)} >= {"w0", "w1", "w2"}, 60
+        ), fleet.tail()
         # The three process together before two of them stop.
         mark = committed(admin, app_id, source)
-        assert wait_for(lambda: committed(admin, app_id, source) >= min(mark + 1000, len(data)),
-                        60)
+        assert wait_for(lambda: committed(admin, app_id, source) >= min(mark + 1000, len(data)), 60)
         stopped_ms = fleet.stop("w1", "w2")
         producer.join()
         expected = expected_counts(data)
-        assert wait_for(lambda: final_counts(read_topic(brokers, sink, idle_s=0.5)) == expected,
-                        120), fleet.tail()
+        assert wait_for(
+            lambda: final_counts(read_topic(brokers, sink, idle_s=0.5)) == expected, 120
+        ), fleet.tail()
     finally:
         fleet.stop(*list(fleet.procs))
         fleet.close()
-    back = [e for e in events(brokers, app_id)
-            if e["to_instance"] == "w0" and e["assigned_ms"] > stopped_ms]
+    back = [
+        e
+        for e in events(brokers, app_id)
+        if e["to_instance"] == "w0" and e["assigned_ms"] > stopped_ms
+    ]
     # The stopped workers' stateful tasks came back to w0 at once, not after a
     # session timeout (a static member that does not leave the group holds them).
     assert back and all(e["from_instance"] in ("w1", "w2") for e in back), back

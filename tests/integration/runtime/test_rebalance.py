@@ -73,13 +73,21 @@ def test_a_transaction_overtaken_by_a_rebalance_is_aborted_and_redone(
     app_id, source, sink, other = unique("rw"), unique("words"), unique("totals"), unique("o")
     create_topic(admin, source, 2)
     create_topic(admin, other, 1)
-    app = App(app_id, brokers=brokers, state=redis_url, guarantee="exactly_once",
-              commit_interval_ms=200, group_protocol="classic")
-    (app.stream(source)
+    app = App(
+        app_id,
+        brokers=brokers,
+        state=redis_url,
+        guarantee="exactly_once",
+        commit_interval_ms=200,
+        group_protocol="classic",
+    )
+    (
+        app.stream(source)
         .flat_map(lambda s: s.split())
         .key_by(lambda w: w)
         .count(store="counts")
-        .to(sink))
+        .to(sink)
+    )
     first, second = sentences(400), sentences(400, start=400)
     wrapped: list[_StaleGroupMetadata] = []
 
@@ -111,11 +119,15 @@ def test_a_transaction_overtaken_by_a_rebalance_is_aborted_and_redone(
         assert stale is not None
         # Another member joins (on another topic, so the worker keeps its
         # partitions): the group moves to a new generation.
-        intruder = Consumer({"bootstrap.servers": brokers, "group.id": app_id,
-                             "partition.assignment.strategy": "cooperative-sticky"})
+        intruder = Consumer(
+            {
+                "bootstrap.servers": brokers,
+                "group.id": app_id,
+                "partition.assignment.strategy": "cooperative-sticky",
+            }
+        )
         intruder.subscribe([other])
-        assert wait_for(lambda: intruder.poll(0.2) is None and bool(intruder.assignment()),
-                        60, 0.1)
+        assert wait_for(lambda: intruder.poll(0.2) is None and bool(intruder.assignment()), 60, 0.1)
         consumer.stale = stale
         produce_json(brokers, source, second)
         assert wait_for(lambda: worker.metrics.aborted_transactions == 1, 60, 0.2), errors
@@ -158,8 +170,7 @@ def test_scale_out_and_in_mid_stream(brokers, admin, unique, tmp_path: Path):
         assert wait_for(lambda: group_holds(admin, app_id, topics, 3), 60), log.read_text()[-4000:]
         # The three process together before one of them leaves.
         mark = committed(admin, app_id, source)
-        assert wait_for(lambda: committed(admin, app_id, source) >= min(mark + 2000, len(data)),
-                        60)
+        assert wait_for(lambda: committed(admin, app_id, source) >= min(mark + 2000, len(data)), 60)
         stopped_ms = time.time() * 1000
         assert stop(others[0]) == 0  # graceful scale-in: its tasks migrate
         assert wait_for(lambda: group_holds(admin, app_id, topics, 2), 60), log.read_text()[-4000:]
@@ -174,8 +185,13 @@ def test_scale_out_and_in_mid_stream(brokers, admin, unique, tmp_path: Path):
     # over 3 members: some of the 6 stateful ones moved), and after the
     # scale-in no task's last owner is the stopped w1.
     published = events(brokers, app_id)
-    moved = [e for e in published if e["from_instance"] == "w0"
-             and e["to_instance"] in ("w1", "w2") and e["assigned_ms"] < stopped_ms]
+    moved = [
+        e
+        for e in published
+        if e["from_instance"] == "w0"
+        and e["to_instance"] in ("w1", "w2")
+        and e["assigned_ms"] < stopped_ms
+    ]
     assert moved, published
     last_owner = {e["partition"]: e["to_instance"] for e in published}
     assert "w1" not in last_owner.values(), published

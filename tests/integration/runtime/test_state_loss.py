@@ -39,9 +39,20 @@ class RedisServer:
         self.proc = self._start()
 
     def _start(self) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen([self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
-                                 "--save", "", "--appendonly", "no"],
-                                stdout=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+        )
         assert wait_for(lambda: port_open(self.port), 10, 0.02), "redis-server did not start"
         return proc
 
@@ -66,8 +77,13 @@ def private_redis() -> Iterator[RedisServer]:
 
 def wordcount(app_id: str, source: str, sink: str, state: str, guarantee: str) -> App:
     app = App(app_id, commit_interval_ms=200, state=state, guarantee=guarantee)
-    (app.stream(source).flat_map(lambda s: s.split(" ")).key_by(lambda w: w)
-        .count(store="counts").to(sink))
+    (
+        app.stream(source)
+        .flat_map(lambda s: s.split(" "))
+        .key_by(lambda w: w)
+        .count(store="counts")
+        .to(sink)
+    )
     return app
 
 
@@ -98,7 +114,10 @@ def committed_count(url: str, app_id: str, key: bytes) -> int | None:
 
 @pytest.mark.parametrize("guarantee", ["exactly_once", "at_least_once"])
 def test_a_redis_restarted_empty_stops_its_worker_and_the_next_owner_replays(
-    brokers: str, admin: Any, unique: Callable[..., str], private_redis: RedisServer,
+    brokers: str,
+    admin: Any,
+    unique: Callable[..., str],
+    private_redis: RedisServer,
     guarantee: str,
 ) -> None:
     app_id, source, sink = unique("lost"), unique("in"), unique("out")

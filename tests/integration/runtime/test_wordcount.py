@@ -45,8 +45,8 @@ def test_wordcount_end_to_end(
     try:
         expected = expected_counts(data)
         assert wait_for(lambda: converged(brokers, sink, expected), 90), (
-            (tmp_path / "worker.log").read_text()[-3000:]
-        )
+            tmp_path / "worker.log"
+        ).read_text()[-3000:]
     finally:
         assert stop(proc) == 0, (tmp_path / "worker.log").read_text()[-3000:]
     # State in Redis equals the outputs, and the changelog is compacted.
@@ -100,10 +100,14 @@ def test_malformed_record_goes_to_dlq(brokers, admin, unique, tmp_path: Path):
 def test_missing_source_topic_is_a_clear_startup_error(unique, tmp_path: Path):
     import subprocess
 
-    ref = write_app(tmp_path, "missingapp", unique("missing"), unique("nosuch"), "out",
-                    "at_least_once")
+    ref = write_app(
+        tmp_path, "missingapp", unique("missing"), unique("nosuch"), "out", "at_least_once"
+    )
     result = subprocess.run(
-        keyshift_cmd("worker", ref), cwd=tmp_path, capture_output=True, timeout=60,
+        keyshift_cmd("worker", ref),
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=60,
         env=dict(os.environ, PYTHONPATH=str(tmp_path)),
     )
     assert result.returncode == 1

@@ -20,8 +20,10 @@ def test_a_unix_socket_state_url_works(tmp_path: Path) -> None:
     if server is None:
         pytest.skip("redis-server is not installed")
     sock = tmp_path / "redis.sock"
-    proc = subprocess.Popen([server, "--port", "0", "--unixsocket", str(sock), "--save", "",
-                             "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [server, "--port", "0", "--unixsocket", str(sock), "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
     try:
         assert wait_for(sock.exists, 10, 0.02), "redis-server did not start"
         store = RedisStore(f"unix://{sock}")

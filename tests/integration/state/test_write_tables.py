@@ -35,8 +35,12 @@ def test_tables_on_one_redis_are_written_in_one_transaction(redis_url: str) -> N
     app = f"cm-{uuid.uuid4().hex[:8]}"
     tables = _tables(store, app, 3)
     before = _execs(client)
-    errors = write_tables([(t, {b"k": str(i).encode(), b"gone": None}, Stamp(i, i, epoch=t.epoch))
-                           for i, t in enumerate(tables)])
+    errors = write_tables(
+        [
+            (t, {b"k": str(i).encode(), b"gone": None}, Stamp(i, i, epoch=t.epoch))
+            for i, t in enumerate(tables)
+        ]
+    )
     assert errors == [None, None, None]
     assert _execs(client) == before + 1
     for i, table in enumerate(tables):

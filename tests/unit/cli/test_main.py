@@ -10,8 +10,19 @@ from keyshift.cli import main
 
 pytestmark = pytest.mark.unit
 
-COMMANDS = [[], ["worker"], ["run"], ["scale"], ["status"], ["topics"], ["topics", "create"],
-            ["topics", "list"], ["topics", "describe"], ["topics", "delete"], ["dev"]]
+COMMANDS = [
+    [],
+    ["worker"],
+    ["run"],
+    ["scale"],
+    ["status"],
+    ["topics"],
+    ["topics", "create"],
+    ["topics", "list"],
+    ["topics", "describe"],
+    ["topics", "delete"],
+    ["dev"],
+]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "main")

@@ -76,8 +76,15 @@ def record(url: str, partition: int = 0, **kw: Any) -> tuple[bytes, bytes]:
 # -- which Redis status reads ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("url", ["redis://evil:6379/0", "unix:///tmp/evil.sock",
-                                 "rediss://evil:6380/0", "redis://***@evil:6379/0"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://evil:6379/0",
+        "unix:///tmp/evil.sock",
+        "rediss://evil:6380/0",
+        "redis://***@evil:6379/0",
+    ],
+)
 def test_unknown_url_is_never_connected_to(url: str) -> None:
     factory = Factory()
     entries, skipped = summarize_locations([record(url)], SETTINGS, open_store=factory)
@@ -90,8 +97,10 @@ def test_unknown_url_is_never_connected_to(url: str) -> None:
 def test_configured_peer_and_own_state_are_read_with_their_credentials() -> None:
     factory = Factory()
     entries, _ = summarize_locations(
-        [record(PEER_PUBLISHED, 0), record(LOCAL_PUBLISHED, 1),
-         record(PEER_PUBLISHED, 2)], SETTINGS, open_store=factory)
+        [record(PEER_PUBLISHED, 0), record(LOCAL_PUBLISHED, 1), record(PEER_PUBLISHED, 2)],
+        SETTINGS,
+        open_store=factory,
+    )
     assert factory.opened == [PEER, LOCAL]  # one connection per server
     assert [e["keys"] for e in entries] == [3, 3, 3]
     assert not any("note" in e for e in entries)
@@ -101,8 +110,7 @@ def test_configured_peer_and_own_state_are_read_with_their_credentials() -> None
 def test_configured_peer_without_password_is_read() -> None:
     factory = Factory()
     settings = Settings("app", state=LOCAL, peers=("redis://open:6379/0",))
-    entries, _ = summarize_locations([record("redis://open:6379/0")], settings,
-                                     open_store=factory)
+    entries, _ = summarize_locations([record("redis://open:6379/0")], settings, open_store=factory)
     assert factory.opened == ["redis://open:6379/0"] and entries[0]["keys"] == 3
 
 
@@ -123,8 +131,8 @@ def test_connectable() -> None:
 def test_read_error_is_reported_per_task() -> None:
     factory = Factory(failing=(PEER,))
     entries, _ = summarize_locations(
-        [record(PEER_PUBLISHED, 0), record(LOCAL_PUBLISHED, 1)],
-        SETTINGS, open_store=factory)
+        [record(PEER_PUBLISHED, 0), record(LOCAL_PUBLISHED, 1)], SETTINGS, open_store=factory
+    )
     assert "cannot read" in entries[0]["error"] and entries[1]["keys"] == 3
 
 
@@ -137,8 +145,18 @@ def test_malformed_location_records_are_skipped_and_counted() -> None:
         (b"counts:0", b"junk"),
         (b"counts:2", b"[]"),
         (b"counts:3", b"{}"),
-        (b"counts:4", orjson.dumps({"store": "counts", "partition": 4, "instance": "i",
-                                    "url": "redis://x/0", "epoch": 1.5})),
+        (
+            b"counts:4",
+            orjson.dumps(
+                {
+                    "store": "counts",
+                    "partition": 4,
+                    "instance": "i",
+                    "url": "redis://x/0",
+                    "epoch": 1.5,
+                }
+            ),
+        ),
         (b"counts:5", record("redis://x/0", 6)[1]),  # key/value mismatch
         (None, good[1]),
         good,
@@ -151,8 +169,11 @@ def test_malformed_location_records_are_skipped_and_counted() -> None:
 
 def test_bad_record_and_tombstone_remove_the_earlier_location() -> None:
     records: list[tuple[bytes | None, bytes | None]] = [
-        record("memory://a", 0), record("memory://a", 1), record("memory://a", 2),
-        (b"counts:0", b"junk"), (b"counts:1", None),
+        record("memory://a", 0),
+        record("memory://a", 1),
+        record("memory://a", 2),
+        (b"counts:0", b"junk"),
+        (b"counts:1", None),
     ]
     latest, skipped = latest_locations(records)
     assert list(latest) == [b"counts:2"] and skipped == 1
@@ -172,9 +193,15 @@ def test_events_that_are_not_json_objects_are_skipped() -> None:
 
 def test_render_and_to_dict_report_skipped_records_and_notes() -> None:
     entries, skipped = summarize_locations(
-        [record("redis://evil:6379/0"), (b"counts:1", b"junk")], SETTINGS, open_store=Factory())
-    status = AppStatus("app", "Stable", locations=entries, skipped_locations=skipped,
-                       migrations=[{"task": "counts[0]"}])  # fields missing: still rendered
+        [record("redis://evil:6379/0"), (b"counts:1", b"junk")], SETTINGS, open_store=Factory()
+    )
+    status = AppStatus(
+        "app",
+        "Stable",
+        locations=entries,
+        skipped_locations=skipped,
+        migrations=[{"task": "counts[0]"}],
+    )  # fields missing: still rendered
     text = render(status)
     assert "skipped 1 malformed location records" in text
     assert "(not a configured peer)" in text

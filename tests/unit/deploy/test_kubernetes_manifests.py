@@ -37,8 +37,9 @@ def test_every_manifest_is_valid_kubernetes(doc: dict[str, Any]) -> None:
 
 def test_the_kustomization_lists_every_manifest() -> None:
     listed = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())["resources"]
-    assert sorted(listed) == sorted(p.name for p in DEPLOY.glob("*.yaml")
-                                    if p.name != "kustomization.yaml")
+    assert sorted(listed) == sorted(
+        p.name for p in DEPLOY.glob("*.yaml") if p.name != "kustomization.yaml"
+    )
 
 
 def test_workers_get_stable_ids_and_time_to_leave_together() -> None:

@@ -49,8 +49,9 @@ class SlowScans:
     def __init__(self, store: Any, clock: Clock) -> None:
         self.store, self.clock = store, clock
 
-    def partition(self, app_id: str, store: str, partition: int, *,
-                  aside: bool = False) -> SlowScanPartition:
+    def partition(
+        self, app_id: str, store: str, partition: int, *, aside: bool = False
+    ) -> SlowScanPartition:
         inner = self.store.partition(app_id, store, partition, aside=aside)
         return SlowScanPartition(inner, self.clock)
 
@@ -72,8 +73,9 @@ class SlowScanPartition:
 
 
 def count_app(state: str, instance: str, **settings: object) -> App:
-    app = App("wc", brokers="fake:1", state=state, instance_id=instance,
-              commit_interval_ms=20, **settings)
+    app = App(
+        "wc", brokers="fake:1", state=state, instance_id=instance, commit_interval_ms=20, **settings
+    )
     app.stream("words").count(store="counts").to("totals")
     return app
 
@@ -104,21 +106,31 @@ def previous_owner(cluster: FakeCluster, keys: int) -> dict[bytes, bytes]:
 def moving_here(cluster: FakeCluster, share: float, clock: Clock) -> MigrationTracker:
     """Instance b's tracker, with words[0] just moved here by a progressive restore
     from instance a, and its first record processed (its pause is over)."""
-    app = count_app("memory://b", "b", peers="memory://a", migration="progressive",
-                    copy_share=share)
+    app = count_app(
+        "memory://b", "b", peers="memory://a", migration="progressive", copy_share=share
+    )
     settings, topology = app.settings, app.topology
     clients = cluster.clients()
     control = clients.producer(control_producer_config(settings))
     locations = LocationsView(
-        topology.locations_topic, {}, {},
-        consumer=clients.consumer(control_consumer_config(settings, "locations")), producer=control)
+        topology.locations_topic,
+        {},
+        {},
+        consumer=clients.consumer(control_consumer_config(settings, "locations")),
+        producer=control,
+    )
     locations.catch_up()
     reader = clients.consumer(restore_consumer_config(settings))
-    restorer = Restorer(settings, clients.store(settings.state), locations, lambda: reader,
-                        "b", topology.changelog_topic,
-                        sources=lambda url: SlowScans(clients.store(url), clock))
-    tracker = MigrationTracker(restorer, EventLog(topology.events_topic, control),
-                               copy_share=share)
+    restorer = Restorer(
+        settings,
+        clients.store(settings.state),
+        locations,
+        lambda: reader,
+        "b",
+        topology.changelog_topic,
+        sources=lambda url: SlowScans(clients.store(url), clock),
+    )
+    tracker = MigrationTracker(restorer, EventLog(topology.events_topic, control), copy_share=share)
     with closing(tracker.restore([("counts", 0, None)], assigned_ms=now_ms())) as ready:
         restored = list(ready)
     assert [r.event.strategy for r in restored] == ["progressive"]
@@ -178,6 +190,9 @@ def test_the_copy_finishes_and_its_migration_is_emitted(monkeypatch: pytest.Monk
     assert event["keys"] == 4 * BATCH
     assert event["duration_ms"] is not None and event["resume_ms"] is not None
     # The copy's end is published: b's location of counts[0] is complete.
-    location = [orjson.loads(m.value()) for m in cluster.records("wc--state-locations")
-                if m.key() == b"counts:0"][-1]
+    location = [
+        orjson.loads(m.value())
+        for m in cluster.records("wc--state-locations")
+        if m.key() == b"counts:0"
+    ][-1]
     assert location["instance"] == "b" and location["complete"] is True

@@ -16,8 +16,15 @@ REMOTE = "redis://remote:6379/0"
 
 def event(**kw: object) -> MigrationEvent:
     base: dict[str, object] = dict(
-        app="app", store="counts", partition=3, strategy="progressive", reason="r",
-        from_instance="a", from_url=REMOTE, to_instance="b", to_url=LOCAL,
+        app="app",
+        store="counts",
+        partition=3,
+        strategy="progressive",
+        reason="r",
+        from_instance="a",
+        from_url=REMOTE,
+        to_instance="b",
+        to_url=LOCAL,
         assigned_ms=now_ms(),
     )
     base.update(kw)

@@ -40,8 +40,13 @@ THIRD = "redis://third:6379/0"
 
 
 def fields(**changes: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {"store": "counts", "partition": 2, "instance": "inst-1",
-                            "url": URL, "epoch": 7}
+    base: dict[str, Any] = {
+        "store": "counts",
+        "partition": 2,
+        "instance": "inst-1",
+        "url": URL,
+        "epoch": 7,
+    }
     base.update(changes)
     return base
 
@@ -57,8 +62,13 @@ class LocationsTopic:
         self.cluster = FakeCluster()
         self.cluster.create_topic(TOPIC, 1)
         self.consumer = FakeConsumer(self.cluster, {})
-        self.view = LocationsView(TOPIC, {}, {}, consumer=self.consumer,  # type: ignore[arg-type]
-                                  producer=FakeProducer(self.cluster, {}))  # type: ignore[arg-type]
+        self.view = LocationsView(
+            TOPIC,
+            {},
+            {},
+            consumer=self.consumer,  # type: ignore[arg-type]
+            producer=FakeProducer(self.cluster, {}),
+        )  # type: ignore[arg-type]
 
     def write(self, *records: tuple[bytes | None, bytes | None]) -> None:
         """Append records (key, value) to the topic, as anyone with access can."""
@@ -87,8 +97,9 @@ def test_garbage_bytes_are_refused(data: bytes) -> None:
         Location.decode(data)
 
 
-@pytest.mark.parametrize("data", [b"[]", b"null", b"1", b'"counts:2"', b"true",
-                                  orjson.dumps([fields()])])
+@pytest.mark.parametrize(
+    "data", [b"[]", b"null", b"1", b'"counts:2"', b"true", orjson.dumps([fields()])]
+)
 def test_non_object_is_refused(data: bytes) -> None:
     with pytest.raises(BadLocation, match="JSON object"):
         Location.decode(data)
@@ -107,24 +118,65 @@ def test_missing_required_field_is_refused(name: str) -> None:
         Location.decode(orjson.dumps(value))
 
 
-@pytest.mark.parametrize(("name", "value"), [
-    ("store", 1), ("store", ""), ("store", None), ("store", "a:b"), ("store", "a b"),
-    ("store", ["counts"]),
-    ("partition", True), ("partition", False), ("partition", "2"), ("partition", 2.0),
-    ("partition", -1), ("partition", 1_000_000), ("partition", None),
-    ("instance", ""), ("instance", 5), ("instance", None), ("instance", "x" * 201),
-    ("url", 5), ("url", None), ("url", ""), ("url", "http://remote/"), ("url", "remote:6379"),
-    ("url", ["redis://remote"]),
-    ("epoch", 1.5), ("epoch", 1.0), ("epoch", -1), ("epoch", 2**53), ("epoch", 2**60),
-    ("epoch", True), ("epoch", "7"), ("epoch", None),
-    ("complete", "yes"), ("complete", 1), ("complete", None),
-    ("source", 5), ("source", ""), ("source", "ftp://remote"), ("source", ["redis://x"]),
-    ("updated_ms", -1), ("updated_ms", 1.5), ("updated_ms", True), ("updated_ms", None),
-    ("origins", "redis://x:1/0"), ("origins", None), ("origins", {"a": 1}), ("origins", [5]),
-    ("origins", ["http://x"]), ("origins", [ASIDE]), ("origins", [None]),
-    ("origins", [URL] * 65),
-    ("aside_tag", 5), ("aside_tag", ""), ("aside_tag", "x" * 201), ("aside_tag", False),
-])
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("store", 1),
+        ("store", ""),
+        ("store", None),
+        ("store", "a:b"),
+        ("store", "a b"),
+        ("store", ["counts"]),
+        ("partition", True),
+        ("partition", False),
+        ("partition", "2"),
+        ("partition", 2.0),
+        ("partition", -1),
+        ("partition", 1_000_000),
+        ("partition", None),
+        ("instance", ""),
+        ("instance", 5),
+        ("instance", None),
+        ("instance", "x" * 201),
+        ("url", 5),
+        ("url", None),
+        ("url", ""),
+        ("url", "http://remote/"),
+        ("url", "remote:6379"),
+        ("url", ["redis://remote"]),
+        ("epoch", 1.5),
+        ("epoch", 1.0),
+        ("epoch", -1),
+        ("epoch", 2**53),
+        ("epoch", 2**60),
+        ("epoch", True),
+        ("epoch", "7"),
+        ("epoch", None),
+        ("complete", "yes"),
+        ("complete", 1),
+        ("complete", None),
+        ("source", 5),
+        ("source", ""),
+        ("source", "ftp://remote"),
+        ("source", ["redis://x"]),
+        ("updated_ms", -1),
+        ("updated_ms", 1.5),
+        ("updated_ms", True),
+        ("updated_ms", None),
+        ("origins", "redis://x:1/0"),
+        ("origins", None),
+        ("origins", {"a": 1}),
+        ("origins", [5]),
+        ("origins", ["http://x"]),
+        ("origins", [ASIDE]),
+        ("origins", [None]),
+        ("origins", [URL] * 65),
+        ("aside_tag", 5),
+        ("aside_tag", ""),
+        ("aside_tag", "x" * 201),
+        ("aside_tag", False),
+    ],
+)
 def test_wrong_field_is_refused(name: str, value: Any) -> None:
     with pytest.raises(BadLocation, match=name):
         Location.decode(raw(**{name: value}))
@@ -136,15 +188,30 @@ def test_epoch_refusal_names_the_bound(epoch: float) -> None:
         Location.decode(raw(epoch=epoch))
 
 
-@pytest.mark.parametrize(("name", "value"), [
-    ("epoch", 0), ("epoch", 2**53 - 1), ("partition", 0), ("partition", 999_999),
-    ("url", "rediss://:***@remote:6380/1"), ("url", "unix:///run/redis.sock"),
-    ("url", "memory://inst-1"), ("source", None), ("source", "redis://src:1/0"),
-    ("origins", []), ("origins", [URL, URL + ASIDE, "memory://x"]), ("origins", [URL] * 64),
-    ("instance", "x" * 200), ("store", "A-z_0.9"), ("updated_ms", 2**62),
-    ("aside_tag", None), ("aside_tag", "inst-1@7"), ("aside_tag", "x" * 200),
-    ("complete", False),
-])
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("epoch", 0),
+        ("epoch", 2**53 - 1),
+        ("partition", 0),
+        ("partition", 999_999),
+        ("url", "rediss://:***@remote:6380/1"),
+        ("url", "unix:///run/redis.sock"),
+        ("url", "memory://inst-1"),
+        ("source", None),
+        ("source", "redis://src:1/0"),
+        ("origins", []),
+        ("origins", [URL, URL + ASIDE, "memory://x"]),
+        ("origins", [URL] * 64),
+        ("instance", "x" * 200),
+        ("store", "A-z_0.9"),
+        ("updated_ms", 2**62),
+        ("aside_tag", None),
+        ("aside_tag", "inst-1@7"),
+        ("aside_tag", "x" * 200),
+        ("complete", False),
+    ],
+)
 def test_edge_values_are_accepted(name: str, value: Any) -> None:
     decoded = Location.decode(raw(**{name: value}))
     expected = tuple(value) if name == "origins" else value
@@ -158,13 +225,28 @@ def test_unknown_extra_fields_are_ignored() -> None:
 
 def test_defaults_of_optional_fields() -> None:
     decoded = Location.decode(raw())
-    assert (decoded.complete, decoded.source, decoded.updated_ms, decoded.origins,
-            decoded.aside_tag) == (True, None, 0, (), None)
+    assert (
+        decoded.complete,
+        decoded.source,
+        decoded.updated_ms,
+        decoded.origins,
+        decoded.aside_tag,
+    ) == (True, None, 0, (), None)
 
 
 def test_round_trip_with_every_field() -> None:
-    value = Location("counts", 7, "inst-1", URL, 42, False, "redis://src:1/0", 1234,
-                     origins=("redis://x:1/0", URL + ASIDE), aside_tag="inst-0@41")
+    value = Location(
+        "counts",
+        7,
+        "inst-1",
+        URL,
+        42,
+        False,
+        "redis://src:1/0",
+        1234,
+        origins=("redis://x:1/0", URL + ASIDE),
+        aside_tag="inst-0@41",
+    )
     assert Location.decode(value.encode()) == value
     assert orjson.loads(value.encode())["aside_tag"] == "inst-0@41"
 
@@ -178,23 +260,40 @@ def test_without_aside_tag_the_encoding_has_no_such_field() -> None:
 
 
 _URLS = st.sampled_from(["redis://", "rediss://", "unix://", "memory://"]).flatmap(
-    lambda scheme: st.text(max_size=30).map(lambda rest: scheme + rest))
+    lambda scheme: st.text(max_size=30).map(lambda rest: scheme + rest)
+)
 _NAMES = st.text(min_size=1, max_size=200)
 
 
 @given(
-    st.from_regex(r"[A-Za-z0-9._-]+", fullmatch=True), st.integers(0, 999_999), _NAMES, _URLS,
-    st.integers(0, 2**53 - 1), st.booleans(), st.none() | _URLS, st.integers(0, 2**62),
-    st.lists(st.tuples(_URLS, st.booleans()).map(lambda u: u[0] + ASIDE if u[1] else u[0]),
-             max_size=64).map(tuple),
+    st.from_regex(r"[A-Za-z0-9._-]+", fullmatch=True),
+    st.integers(0, 999_999),
+    _NAMES,
+    _URLS,
+    st.integers(0, 2**53 - 1),
+    st.booleans(),
+    st.none() | _URLS,
+    st.integers(0, 2**62),
+    st.lists(
+        st.tuples(_URLS, st.booleans()).map(lambda u: u[0] + ASIDE if u[1] else u[0]), max_size=64
+    ).map(tuple),
     st.none() | _NAMES,
 )
 def test_every_valid_location_round_trips(
-        store: str, partition: int, instance: str, url: str, epoch: int, complete: bool,
-        source: str | None, updated: int, origins: tuple[str, ...], aside_tag: str | None,
+    store: str,
+    partition: int,
+    instance: str,
+    url: str,
+    epoch: int,
+    complete: bool,
+    source: str | None,
+    updated: int,
+    origins: tuple[str, ...],
+    aside_tag: str | None,
 ) -> None:
-    value = Location(store, partition, instance, url, epoch, complete, source, updated,
-                     origins, aside_tag)
+    value = Location(
+        store, partition, instance, url, epoch, complete, source, updated, origins, aside_tag
+    )
     assert Location.decode(value.encode()) == value
     assert parse_record(value.key(), value.encode()) == value
 
@@ -254,8 +353,17 @@ def test_parse_record_tombstone_and_missing_key() -> None:
 # -- LocationsView.catch_up --------------------------------------------------------------
 
 
-BAD_VALUES = [b"junk", b"[]", b"{}", raw(partition=True), raw(epoch=1.5), raw(epoch=-1),
-              raw(epoch=2**60), raw(url="http://evil/"), raw(origins=["gopher://x"])]
+BAD_VALUES = [
+    b"junk",
+    b"[]",
+    b"{}",
+    raw(partition=True),
+    raw(epoch=1.5),
+    raw(epoch=-1),
+    raw(epoch=2**60),
+    raw(url="http://evil/"),
+    raw(origins=["gopher://x"]),
+]
 
 
 @pytest.mark.parametrize("value", BAD_VALUES)
@@ -297,7 +405,8 @@ def test_bad_record_removes_the_earlier_location_of_its_key() -> None:
 
 def test_mismatched_record_removes_its_key_but_not_the_named_task() -> None:
     locations = LocationsTopic().read(
-        (b"counts:2", raw()), (b"counts:1", raw(partition=1)),
+        (b"counts:2", raw()),
+        (b"counts:1", raw(partition=1)),
         (b"counts:1", raw(partition=2, epoch=99)),  # forged: says counts:2
     )
     assert locations.get("counts", 1) is None

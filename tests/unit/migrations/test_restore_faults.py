@@ -29,16 +29,20 @@ def caught_up(cluster: FakeCluster, group: str, topic: str = "in") -> bool:
 
 
 def outputs(cluster: FakeCluster, topic: str = "out") -> list[tuple[str, object]]:
-    return [(m.key().decode(), None if m.value() is None else orjson.loads(m.value()))
-            for m in cluster.records(topic)]
+    return [
+        (m.key().decode(), None if m.value() is None else orjson.loads(m.value()))
+        for m in cluster.records(topic)
+    ]
 
 
 def concat_app(url: str, instance: str, **settings: object) -> App:
     """Concatenates values per key; the value "del" deletes the key."""
-    app = App("r", brokers="fake:1", state=url, instance_id=instance, commit_interval_ms=10,
-              **settings)
-    app.stream("in").reduce(lambda acc, v: None if v == "del" else acc + v,
-                            store="latest").to("out")
+    app = App(
+        "r", brokers="fake:1", state=url, instance_id=instance, commit_interval_ms=10, **settings
+    )
+    app.stream("in").reduce(lambda acc, v: None if v == "del" else acc + v, store="latest").to(
+        "out"
+    )
     return app
 
 
@@ -55,23 +59,26 @@ def test_a_key_deleted_in_the_changelog_tail_stays_deleted_after_a_progressive_c
     assert stamp is not None and source.data[b"k"] == b'"old"'
     writer = cluster.clients().producer({})
     writer.produce("r--latest-changelog", None, b"k", partition=0)
-    writer.produce("r--latest-changelog", stamp.encode(), MARKER_KEY, partition=0,
-                   headers=MARKER_HEADERS)
+    writer.produce(
+        "r--latest-changelog", stamp.encode(), MARKER_KEY, partition=0, headers=MARKER_HEADERS
+    )
     writer.flush()
     feed(cluster, "in", [("k", "new")])
     app = concat_app("memory://B", "b", peers="memory://A", migration="progressive")
     with WorkerThread(app.worker(clients=cluster.clients())):
         assert wait_for(lambda: caught_up(cluster, "r"))
-        assert wait_for(lambda: cluster.store("memory://A").partition("r", "latest", 0).data
-                        == {})  # the background copy finished
+        assert wait_for(
+            lambda: cluster.store("memory://A").partition("r", "latest", 0).data == {}
+        )  # the background copy finished
     assert outputs(cluster)[-1] == ("k", "new")  # not "oldnew"
     local = cluster.store("memory://B").partition("r", "latest", 0).data
     assert local == {b"k": b'"new"', b"other": b'"x"'}
 
 
 def count_app(url: str, instance: str, **settings: object) -> App:
-    app = App("m", brokers="fake:1", state=url, instance_id=instance, commit_interval_ms=10,
-              **settings)
+    app = App(
+        "m", brokers="fake:1", state=url, instance_id=instance, commit_interval_ms=10, **settings
+    )
     app.stream("in").count(store="counts").to("out")
     return app
 
@@ -79,7 +86,8 @@ def count_app(url: str, instance: str, **settings: object) -> App:
 def published(cluster: FakeCluster, instance: str) -> bool:
     topic = "m--state-locations"
     return topic in cluster.logs and any(
-        orjson.loads(m.value())["instance"] == instance for m in cluster.records(topic))
+        orjson.loads(m.value())["instance"] == instance for m in cluster.records(topic)
+    )
 
 
 def test_a_set_aside_whose_location_was_never_published_is_still_found() -> None:
@@ -98,8 +106,9 @@ def test_a_set_aside_whose_location_was_never_published_is_still_found() -> None
         cluster.kill(life)
     # X gets the task back mid-copy: it sets its own (older) data aside, and
     # dies before the location naming the aside copy is published.
-    cluster.crash_at = {"produce:m--state-locations":
-                        cluster.events["produce:m--state-locations"] + 1}
+    cluster.crash_at = {
+        "produce:m--state-locations": cluster.events["produce:m--state-locations"] + 1
+    }
     x2 = count_app("memory://X", "x2", peers="memory://Z", migration="progressive")
     with WorkerThread(x2.worker(clients=cluster.clients())) as running:
         assert wait_for(lambda: running.crashed)
@@ -125,8 +134,11 @@ def test_records_no_marker_covers_are_written_again_by_the_next_owner() -> None:
     writer.produce("m--counts-changelog", b"7", b"ghost", partition=0)
     writer.flush()
     with WorkerThread(count_app("memory://X", "x").worker(clients=cluster.clients())):
-        assert wait_for(lambda: sum(1 for m in cluster.records("m--counts-changelog")
-                                    if m.key() == MARKER_KEY) == 2)
+        assert wait_for(
+            lambda: (
+                sum(1 for m in cluster.records("m--counts-changelog") if m.key() == MARKER_KEY) == 2
+            )
+        )
     # The next owner committed a and ghost again with their restored values
     # (ghost: deleted), so a replay from scratch gives the exact state.
     backend = MemoryPartition()

@@ -345,8 +345,17 @@ def test_to_none_value_is_tombstone() -> None:
 
 def test_map_record_sees_the_whole_record() -> None:
     _, sub, s = make()
-    s.map_record(lambda r: [r.key, r.value, r.timestamp, [[h, v.decode()] for h, v in r.headers],
-                            r.topic, r.partition, r.offset]).to("out")
+    s.map_record(
+        lambda r: [
+            r.key,
+            r.value,
+            r.timestamp,
+            [[h, v.decode()] for h, v in r.headers],
+            r.topic,
+            r.partition,
+            r.offset,
+        ]
+    ).to("out")
     ctx = FakeContext()
     push = compile_subtopology(sub, ctx)
     ctx.raw_key, ctx.offset = b"k", 42

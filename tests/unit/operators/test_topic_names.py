@@ -13,8 +13,13 @@ pytestmark = pytest.mark.unit
 
 def internal(app: str, store: str) -> set[str]:
     topo = Topology(app)
-    return {topo.changelog_topic(store), topo.next_repartition_topic(store), topo.dlq_topic,
-            topo.locations_topic, topo.events_topic}
+    return {
+        topo.changelog_topic(store),
+        topo.next_repartition_topic(store),
+        topo.dlq_topic,
+        topo.locations_topic,
+        topo.events_topic,
+    }
 
 
 def test_apps_sharing_a_prefix_never_share_an_internal_topic() -> None:
@@ -25,7 +30,8 @@ def test_apps_sharing_a_prefix_never_share_an_internal_topic() -> None:
     app_level = {topo.dlq_topic, topo.locations_topic, topo.events_topic}
     for store in ("dlq", "state-locations", "events"):
         assert {topo.changelog_topic(store), topo.next_repartition_topic(store)}.isdisjoint(
-            app_level)
+            app_level
+        )
 
 
 @pytest.mark.parametrize("app_id", ["a--b", "a-"])

@@ -51,8 +51,11 @@ def lines(record: Path) -> list[dict[str, object]]:
     """The records written so far (a line still being written is left out)."""
     if not record.exists():
         return []
-    return [orjson.loads(line) for line in record.read_text().splitlines(keepends=True)
-            if line.endswith("\n")]
+    return [
+        orjson.loads(line)
+        for line in record.read_text().splitlines(keepends=True)
+        if line.endswith("\n")
+    ]
 
 
 def test_a_worker_that_does_not_stop_dumps_its_stacks_then_is_killed(

@@ -89,7 +89,8 @@ def test_a_worker_stopped_by_an_instance_id_conflict_is_not_restarted() -> None:
     runner.start()
     try:
         assert wait_for(lambda: any(s.retired for s in sup.slots.values()), 10), (
-            "the slot was not retired")
+            "the slot was not retired"
+        )
         (slot,) = sup.slots.values()
         assert len(slot.history) == 1  # started once, never restarted
     finally:

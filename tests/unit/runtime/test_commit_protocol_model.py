@@ -49,8 +49,12 @@ class CommitProtocol(RuleBasedStateMachine):
 
     #: Killed workers never say goodbye on the control topic: the others' waits for
     #: them are cut short (they are bounded anyway) to keep examples fast.
-    FAST = {"HELLO_EXPIRES_S": 0.2, "LAST_COMMIT_TIMEOUT_S": 0.05, "LEAVE_SETTLE_S": 0.0,
-            "ACK_TIMEOUT_S": 0.5}
+    FAST = {
+        "HELLO_EXPIRES_S": 0.2,
+        "LAST_COMMIT_TIMEOUT_S": 0.05,
+        "LEAVE_SETTLE_S": 0.0,
+        "ACK_TIMEOUT_S": 0.5,
+    }
 
     @initialize(seed=st.integers(0, 2**16))
     def setup(self, seed: int) -> None:
@@ -76,9 +80,12 @@ class CommitProtocol(RuleBasedStateMachine):
             self.counts[word] += 1
         self.feed.flush()
 
-    @rule(words=st.lists(st.sampled_from(sorted(WORDS)), max_size=12),
-          strategy=st.sampled_from(STRATEGIES), point=st.sampled_from(POINTS),
-          nth=st.integers(1, 25))
+    @rule(
+        words=st.lists(st.sampled_from(sorted(WORDS)), max_size=12),
+        strategy=st.sampled_from(STRATEGIES),
+        point=st.sampled_from(POINTS),
+        nth=st.integers(1, 25),
+    )
     def crash_run(self, words: list[str], strategy: str, point: str, nth: int) -> None:
         if words:
             self.produce(words)
@@ -91,13 +98,24 @@ class CommitProtocol(RuleBasedStateMachine):
 
     # -- running a worker ---------------------------------------------------------------
     def _run(self, strategy: str, crash: tuple[str, int] | None = None) -> None:
-        migration = {"handoff": "auto", "replay": "replay", "progressive": "progressive",
-                     "stop-and-copy": "stop-and-copy"}[strategy]
+        migration = {
+            "handoff": "auto",
+            "replay": "replay",
+            "progressive": "progressive",
+            "stop-and-copy": "stop-and-copy",
+        }[strategy]
         if strategy != "handoff":
             self.urls.append(f"memory://s{len(self.urls)}")
-        app = App("m", brokers="fake:1", state=self.urls[-1], guarantee=self.guarantee,
-                  commit_interval_ms=5, migration=migration, peers=",".join(self.urls[:-1]),
-                  instance_id=f"w{len(self.urls)}")
+        app = App(
+            "m",
+            brokers="fake:1",
+            state=self.urls[-1],
+            guarantee=self.guarantee,
+            commit_interval_ms=5,
+            migration=migration,
+            peers=",".join(self.urls[:-1]),
+            instance_id=f"w{len(self.urls)}",
+        )
         app.stream("words").count(store="counts").to("totals")
         life = Life()
         worker = app.worker(clients=self.cluster.clients(life))
@@ -117,7 +135,8 @@ class CommitProtocol(RuleBasedStateMachine):
         thread = threading.Thread(target=run)
         thread.start()
         assert wait_for(lambda: life.dead or bool(failure) or self._caught_up(), 10), (
-            "the worker did not catch up")
+            "the worker did not catch up"
+        )
         worker.stop()
         if crash is not None:
             event(f"crashed at {crash[0]}" if life.dead else "no crash")
@@ -129,8 +148,9 @@ class CommitProtocol(RuleBasedStateMachine):
 
     def _caught_up(self) -> bool:
         offsets = self.cluster.offsets
-        return all(offsets.get(("m", "words", p), 0) >= self.cluster.high("words", p)
-                   for p in range(2))
+        return all(
+            offsets.get(("m", "words", p), 0) >= self.cluster.high("words", p) for p in range(2)
+        )
 
     # -- checks -------------------------------------------------------------------------
     def _check(self) -> None:
@@ -155,8 +175,11 @@ class CommitProtocol(RuleBasedStateMachine):
         state: dict[str, int] = {}
         committed = self.guarantee == "exactly_once"
         for partition in range(self.cluster.partitions(CHANGELOG)):
-            msgs = [m for m in self.cluster.records(CHANGELOG, committed=committed)
-                    if m.partition() == partition]
+            msgs = [
+                m
+                for m in self.cluster.records(CHANGELOG, committed=committed)
+                if m.partition() == partition
+            ]
             if compacted:
                 last = {m.key(): i for i, m in enumerate(msgs)}
                 msgs = [m for i, m in enumerate(msgs) if last[m.key()] == i]
@@ -175,9 +198,12 @@ class ExactlyOnceCommitProtocol(CommitProtocol):
 
 
 # KEYSHIFT_MODEL_EXAMPLES=1000 for a longer search than the suite's default.
-_SETTINGS: Any = settings(max_examples=int(os.environ.get("KEYSHIFT_MODEL_EXAMPLES", "60")),
-                          stateful_step_count=12, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow])
+_SETTINGS: Any = settings(
+    max_examples=int(os.environ.get("KEYSHIFT_MODEL_EXAMPLES", "60")),
+    stateful_step_count=12,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 TestAtLeastOnce = CommitProtocol.TestCase
 TestAtLeastOnce.settings = _SETTINGS

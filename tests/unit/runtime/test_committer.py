@@ -30,21 +30,26 @@ def make_app(guarantee: str = "at_least_once", **settings: object) -> App:
 def feed(cluster: FakeCluster, words: list[str], topic: str = "words") -> None:
     producer = cluster.clients().producer({})
     for i, word in enumerate(words):
-        producer.produce(topic, orjson.dumps(word), word.encode(),
-                         partition=i % cluster.partitions(topic))
+        producer.produce(
+            topic, orjson.dumps(word), word.encode(), partition=i % cluster.partitions(topic)
+        )
     producer.flush()
 
 
 def committed(cluster: FakeCluster, topic: str = "words") -> bool:
-    return all(cluster.offsets.get(("wc", topic, p), 0) >= cluster.high(topic, p)
-               for p in range(cluster.partitions(topic)))
+    return all(
+        cluster.offsets.get(("wc", topic, p), 0) >= cluster.high(topic, p)
+        for p in range(cluster.partitions(topic))
+    )
 
 
 def markers(cluster: FakeCluster) -> list[int]:
     """Positions in the append order of every changelog marker."""
-    return [i for i, (topic, partition, offset) in enumerate(cluster.appended)
-            if topic == CHANGELOG
-            and cluster.logs[topic][partition][offset].key == MARKER_KEY]
+    return [
+        i
+        for i, (topic, partition, offset) in enumerate(cluster.appended)
+        if topic == CHANGELOG and cluster.logs[topic][partition][offset].key == MARKER_KEY
+    ]
 
 
 def test_no_marker_is_written_before_the_outputs_it_covers_are_delivered() -> None:

@@ -19,8 +19,9 @@ CONTROL = "wc--control"
 
 def make_app(instance: str, **settings: object) -> App:
     settings.setdefault("commit_interval_ms", 3_600_000)  # commits only when asked
-    app = App("wc", brokers="fake:1", state=f"memory://{instance}", instance_id=instance,
-              **settings)
+    app = App(
+        "wc", brokers="fake:1", state=f"memory://{instance}", instance_id=instance, **settings
+    )
     app.stream("words").count(store="counts").to("totals")
     return app
 
@@ -28,8 +29,9 @@ def make_app(instance: str, **settings: object) -> App:
 def feed(cluster: FakeCluster, words: list[str]) -> None:
     producer = cluster.clients().producer({})
     for i, word in enumerate(words):
-        producer.produce("words", orjson.dumps(word), word.encode(),
-                         partition=i % cluster.partitions("words"))
+        producer.produce(
+            "words", orjson.dumps(word), word.encode(), partition=i % cluster.partitions("words")
+        )
     producer.flush()
 
 
@@ -47,8 +49,13 @@ def said(cluster: FakeCluster, kind: str, instance: str) -> bool:
 def outsider(cluster: FakeCluster, instance: str) -> ControlChannel:
     """A process that speaks on the control topic without running a worker."""
     clients = cluster.clients()
-    channel = ControlChannel(CONTROL, clients.consumer({"group.id": "x"}),
-                             clients.producer({}), instance=instance, incarnation=instance)
+    channel = ControlChannel(
+        CONTROL,
+        clients.consumer({"group.id": "x"}),
+        clients.producer({}),
+        instance=instance,
+        incarnation=instance,
+    )
     channel.start()
     return channel
 
@@ -113,7 +120,8 @@ def test_workers_stopped_together_leave_together(cluster: FakeCluster) -> None:
     # The staying worker committed ahead of the leave and said so.
     assert ("ack", "stay") in kinds
     assert sorted(m.key() for m in cluster.records("totals")) == sorted(
-        [f"w{i}".encode() for i in range(40)] + [b"late"])
+        [f"w{i}".encode() for i in range(40)] + [b"late"]
+    )
 
 
 def test_a_lone_worker_stops_without_waiting_for_anyone(cluster: FakeCluster) -> None:

@@ -45,8 +45,9 @@ def test_kafka_settings_override_the_timeouts_under_both_protocols() -> None:
 
 def test_a_timeout_that_is_not_a_number_names_the_setting() -> None:
     for protocol in ("classic", "consumer"):
-        settings = Settings.build("app", group_protocol=protocol,
-                                  kafka={"heartbeat.interval.ms": "fast"})
+        settings = Settings.build(
+            "app", group_protocol=protocol, kafka={"heartbeat.interval.ms": "fast"}
+        )
         with pytest.raises(ConfigError, match="kafka.heartbeat.interval.ms"):
             consumer_config(settings, "i")
         with pytest.raises(ConfigError, match="kafka.heartbeat.interval.ms"):
@@ -56,8 +57,9 @@ def test_a_timeout_that_is_not_a_number_names_the_setting() -> None:
 def test_producer_config_takes_the_transaction_timeout() -> None:
     plain = Settings.build("app", guarantee="exactly_once")
     assert producer_config(plain, "t")["transaction.timeout.ms"] == DEFAULT_TRANSACTION_TIMEOUT_MS
-    given = Settings.build("app", guarantee="exactly_once",
-                           kafka={"transaction.timeout.ms": "60000"})
+    given = Settings.build(
+        "app", guarantee="exactly_once", kafka={"transaction.timeout.ms": "60000"}
+    )
     assert producer_config(given, "t")["transaction.timeout.ms"] == "60000"
 
 

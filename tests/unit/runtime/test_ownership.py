@@ -23,8 +23,13 @@ def feed(cluster: FakeCluster, words: list[str]) -> None:
 def test_a_fenced_task_is_paused_counted_and_stops_the_worker_if_it_stays() -> None:
     cluster = FakeCluster()
     cluster.create_topic("in", 1)
-    app = App("f", brokers="fake:1", state="memory://f", commit_interval_ms=10,
-              kafka={"session.timeout.ms": "1000"})
+    app = App(
+        "f",
+        brokers="fake:1",
+        state="memory://f",
+        commit_interval_ms=10,
+        kafka={"session.timeout.ms": "1000"},
+    )
     app.stream("in").count(store="counts").to("out")
     worker = app.worker(clients=cluster.clients())
     feed(cluster, ["a"])
@@ -49,8 +54,14 @@ def test_a_second_process_with_the_same_instance_id_stops_with_a_clear_error() -
     cluster.create_topic("in", 1)
 
     def app() -> App:
-        made = App("x", brokers="fake:1", state="memory://x", commit_interval_ms=10,
-                   guarantee="exactly_once", instance_id="same")
+        made = App(
+            "x",
+            brokers="fake:1",
+            state="memory://x",
+            commit_interval_ms=10,
+            guarantee="exactly_once",
+            instance_id="same",
+        )
         made.stream("in").count(store="counts").to("out")
         return made
 

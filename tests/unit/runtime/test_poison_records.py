@@ -15,12 +15,18 @@ pytestmark = pytest.mark.unit
 
 
 def caught_up(cluster: FakeCluster, app: str, topic: str = "in") -> bool:
-    return all(cluster.offsets.get((app, topic, p), 0) >= cluster.high(topic, p)
-               for p in range(cluster.partitions(topic)))
+    return all(
+        cluster.offsets.get((app, topic, p), 0) >= cluster.high(topic, p)
+        for p in range(cluster.partitions(topic))
+    )
 
 
-def feed(cluster: FakeCluster, records: list[tuple[bytes | None, bytes | None]],
-         headers: list[tuple[str, bytes]] | None = None, topic: str = "in") -> None:
+def feed(
+    cluster: FakeCluster,
+    records: list[tuple[bytes | None, bytes | None]],
+    headers: list[tuple[str, bytes]] | None = None,
+    topic: str = "in",
+) -> None:
     producer = cluster.clients().producer({"message.max.bytes": 10_000_000})
     for key, value in records:
         producer.produce(topic, value, key, partition=0, headers=headers)
@@ -84,11 +90,13 @@ def test_a_malformed_origin_header_on_a_repartition_topic_is_dead_lettered() -> 
     app.stream("in").key_by(lambda v: v, name="by").count(store="counts").to("out")
     with WorkerThread(app.worker(clients=cluster.clients())):
         assert wait_for(lambda: "r--by-repartition" in cluster.logs)
-        feed(cluster, [(b"x", b'"x"')], headers=[("ks.o", b"\x01\x02")],
-             topic="r--by-repartition")
+        feed(cluster, [(b"x", b'"x"')], headers=[("ks.o", b"\x01\x02")], topic="r--by-repartition")
         feed(cluster, [(None, b'"y"')])
-        assert wait_for(lambda: caught_up(cluster, "r", "r--by-repartition")
-                        and len(cluster.records("out")) == 1)
+        assert wait_for(
+            lambda: (
+                caught_up(cluster, "r", "r--by-repartition") and len(cluster.records("out")) == 1
+            )
+        )
     (letter,) = dead_letters(cluster, "r")
     assert letter["ks.stage"] == b"header" and letter["ks.topic"] == b"r--by-repartition"
 
@@ -114,8 +122,11 @@ def test_the_reserved_marker_key_is_dead_lettered_and_the_changelog_stays_sound(
     assert letter["ks.stage"] == b"process" and b"reserved" in letter["ks.error"]
     keys = [m.key() for m in cluster.records("p--counts-changelog")]
     assert keys.count(b"\x00keyshift.stamp") == 1  # the one marker, with its header
-    assert all(m.headers() for m in cluster.records("p--counts-changelog")
-               if m.key() == b"\x00keyshift.stamp")
+    assert all(
+        m.headers()
+        for m in cluster.records("p--counts-changelog")
+        if m.key() == b"\x00keyshift.stamp"
+    )
 
 
 def test_a_state_backend_failure_stops_the_worker_and_dead_letters_nothing() -> None:

@@ -27,11 +27,24 @@ ORIGIN = struct.Struct(">iqi")
 Origin = tuple[int, int]  # (offset, index)
 
 
-def message(headers: list[tuple[str, bytes]] | None = None, *, key: bytes | None = b"k",
-            value: bytes | None = b"1", offset: int = 0, timestamp: int = 1000) -> Message:
+def message(
+    headers: list[tuple[str, bytes]] | None = None,
+    *,
+    key: bytes | None = b"k",
+    value: bytes | None = b"1",
+    offset: int = 0,
+    timestamp: int = 1000,
+) -> Message:
     """An input record as the consumer hands it to a Task."""
-    return Message(topic="in", partition=0, offset=offset, key=key, value=value,
-                   headers=headers, timestamp=(1, timestamp))
+    return Message(
+        topic="in",
+        partition=0,
+        offset=offset,
+        key=key,
+        value=value,
+        headers=headers,
+        timestamp=(1, timestamp),
+    )
 
 
 def origin_msg(upstream: int, up_offset: int, index: int, **kw: Any) -> Message:
@@ -343,8 +356,10 @@ def test_rollback_restores_the_committed_view_of_upstream() -> None:
     task = make_task()
     task.process([origin_msg(0, 5, 0, value=b'"a"', offset=0)])
     task.mark_committed()
-    again = [origin_msg(0, 6, 0, value=b'"b"', offset=1),
-             origin_msg(1, 2, 0, value=b'"c"', offset=2)]
+    again = [
+        origin_msg(0, 6, 0, value=b'"b"', offset=1),
+        origin_msg(1, 2, 0, value=b'"c"', offset=2),
+    ]
     task.process(again)
     assert task.rollback() == 1
     assert task.seen == {0: (5, 0)}

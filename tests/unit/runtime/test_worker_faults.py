@@ -58,8 +58,10 @@ def feed(cluster: FakeCluster, words: list[str], partition: int = 0) -> None:
 
 def totals(cluster: FakeCluster, *, committed: bool = True) -> list[tuple[str, int]]:
     """The outputs, as read_committed (or read_uncommitted) readers see them."""
-    return [(m.key().decode(), orjson.loads(m.value()))
-            for m in cluster.records("totals", committed=committed)]
+    return [
+        (m.key().decode(), orjson.loads(m.value()))
+        for m in cluster.records("totals", committed=committed)
+    ]
 
 
 def backend(cluster: FakeCluster, partition: int = 0) -> MemoryPartition:
@@ -85,8 +87,9 @@ def offset(cluster: FakeCluster, partition: int = 0) -> int | None:
 
 def open_transaction(cluster: FakeCluster, topic: str = "totals") -> bool:
     """Whether a transaction is still open on ``topic`` (its stable end lags)."""
-    return any(cluster.stable(topic, p) < cluster.high(topic, p)
-               for p in range(cluster.partitions(topic)))
+    return any(
+        cluster.stable(topic, p) < cluster.high(topic, p) for p in range(cluster.partitions(topic))
+    )
 
 
 def dead_letters(cluster: FakeCluster) -> list[Message]:
@@ -95,8 +98,9 @@ def dead_letters(cluster: FakeCluster) -> list[Message]:
 
 def rebalancing(*, abortable: bool = True) -> KafkaError:
     """The broker's answer to a transaction's offsets while the group rebalances."""
-    return KafkaError(KafkaError.ILLEGAL_GENERATION, "group rebalancing",
-                      txn_requires_abort=abortable)
+    return KafkaError(
+        KafkaError.ILLEGAL_GENERATION, "group rebalancing", txn_requires_abort=abortable
+    )
 
 
 def failed_state() -> KafkaError:
@@ -105,8 +109,10 @@ def failed_state() -> KafkaError:
 
 def main_producer(cluster: FakeCluster) -> FakeProducer:
     """The (one) worker's producer, once it exists."""
+
     def found() -> list[FakeProducer]:
         return [p for p in cluster.producers if p.config.get("client.id") == "wc-producer"]
+
     assert wait_for(lambda: len(found()) == 1)
     return found()[0]
 
@@ -114,9 +120,14 @@ def main_producer(cluster: FakeCluster) -> FakeProducer:
 def main_consumer(cluster: FakeCluster) -> FakeConsumer:
     """The group consumer of the worker (its client id is ``wc--<instance>``), once it
     exists."""
+
     def found() -> list[FakeConsumer]:
-        return [c for c in cluster.consumers
-                if c.group_id == "wc" and str(c.config.get("client.id")).startswith("wc--")]
+        return [
+            c
+            for c in cluster.consumers
+            if c.group_id == "wc" and str(c.config.get("client.id")).startswith("wc--")
+        ]
+
     assert wait_for(lambda: len(found()) == 1)
     return found()[0]
 
@@ -126,9 +137,12 @@ def join_group(cluster: FakeCluster) -> FakeConsumer:
     to get. It takes that only when it consumes (these tests never let it): so no
     instance claims a revoked task's state while its revocation still commits."""
     other = cluster.clients().consumer({"group.id": "wc"})
-    other.subscribe(["words"], on_assign=lambda c, parts: c.incremental_assign(parts),
-                    on_revoke=lambda c, parts: c.incremental_unassign(parts),
-                    on_lost=lambda c, parts: c.incremental_unassign(parts))
+    other.subscribe(
+        ["words"],
+        on_assign=lambda c, parts: c.incremental_assign(parts),
+        on_revoke=lambda c, parts: c.incremental_unassign(parts),
+        on_lost=lambda c, parts: c.incremental_unassign(parts),
+    )
     return other
 
 
@@ -146,21 +160,38 @@ class Steps:
         clients = cluster.clients()
         self.metrics = Metrics()
         self.records = RecordProducer(
-            producer_config(settings, "wc-steps"), metrics=self.metrics, dlq_topic=DLQ,
-            app_id="wc", transactional=True, factory=clients.producer)
+            producer_config(settings, "wc-steps"),
+            metrics=self.metrics,
+            dlq_topic=DLQ,
+            app_id="wc",
+            transactional=True,
+            factory=clients.producer,
+        )
         self.producer = self.records.producer
         self.producer.init_transactions()
         self.producer.begin_transaction()
         self.consumer = clients.consumer(consumer_config(settings, "stepper"))
         self.consumer.subscribe(
-            ["words"], on_assign=lambda c, parts: c.incremental_assign(parts),
+            ["words"],
+            on_assign=lambda c, parts: c.incremental_assign(parts),
             on_revoke=lambda c, parts: c.incremental_unassign(parts),
-            on_lost=lambda c, parts: c.incremental_unassign(parts))
-        self.tasks = TaskManager(topology.by_topic(), records=self.records,
-                                 metrics=self.metrics, pause=self.consumer.pause)
+            on_lost=lambda c, parts: c.incremental_unassign(parts),
+        )
+        self.tasks = TaskManager(
+            topology.by_topic(),
+            records=self.records,
+            metrics=self.metrics,
+            pause=self.consumer.pause,
+        )
         self.committer = Committer(
-            producer=self.producer, records=self.records, consumer=self.consumer,
-            tasks=self.tasks, topology=topology, settings=settings, metrics=self.metrics)
+            producer=self.producer,
+            records=self.records,
+            consumer=self.consumer,
+            tasks=self.tasks,
+            topology=topology,
+            settings=settings,
+            metrics=self.metrics,
+        )
         store = clients.store(settings.state)
         for partition in range(partitions):
             state = store.partition("wc", "counts", partition)
@@ -458,7 +489,8 @@ def test_a_revocation_commits_only_the_revoked_tasks_under_at_least_once() -> No
     cluster = FakeCluster()
     cluster.create_topic("words", 2)
     worker = make_app("at_least_once", commit_interval_ms=NEVER_MS).worker(
-        clients=cluster.clients())
+        clients=cluster.clients()
+    )
     with WorkerThread(worker) as running:
         feed(cluster, ["a"], partition=0)
         feed(cluster, ["b"], partition=1)
@@ -537,7 +569,8 @@ def test_at_least_once_commit_errors_still_raise() -> None:
     cluster = FakeCluster()
     cluster.create_topic("words", 1)
     worker = make_app("at_least_once", commit_interval_ms=NEVER_MS).worker(
-        clients=cluster.clients())
+        clients=cluster.clients()
+    )
     with WorkerThread(worker) as running:
         consumer = main_consumer(cluster)
         cluster.delete_topic("totals")  # outputs fail, not for their own fault
@@ -590,8 +623,11 @@ def test_a_slow_batch_is_logged_with_where_its_time_went(
     with caplog.at_level("WARNING", logger="keyshift.tasks"), WorkerThread(worker):
         assert wait_for(lambda: worker.metrics.records_in == 3)
     # The structured fields of the warning, not its text.
-    slow = [r for r in caplog.records
-            if r.name == "keyshift.tasks" and getattr(r, "task", None) == "words[0]"]
+    slow = [
+        r
+        for r in caplog.records
+        if r.name == "keyshift.tasks" and getattr(r, "task", None) == "words[0]"
+    ]
     assert len(slow) == 1
     fields = slow[0].__dict__
     assert slow[0].levelname == "WARNING" and fields["records"] == 3

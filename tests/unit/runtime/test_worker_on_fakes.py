@@ -14,8 +14,9 @@ pytestmark = pytest.mark.unit
 
 
 def make_app(guarantee: str = "at_least_once") -> App:
-    app = App("wc", brokers="fake:1", state="memory://one", guarantee=guarantee,
-              commit_interval_ms=20)
+    app = App(
+        "wc", brokers="fake:1", state="memory://one", guarantee=guarantee, commit_interval_ms=20
+    )
     app.stream("words").count(store="counts").to("totals")
     return app
 
@@ -36,8 +37,9 @@ def test_a_worker_counts_commits_and_a_second_one_resumes_from_the_stamp() -> No
     runner = threading.Thread(target=worker.run)
     runner.start()
     try:
-        assert wait_for(lambda: "wc--counts-changelog" in cluster.logs
-                        or "wc-counts-changelog" in cluster.logs)
+        assert wait_for(
+            lambda: "wc--counts-changelog" in cluster.logs or "wc-counts-changelog" in cluster.logs
+        )
         assert wait_for(lambda: len(cluster.records("totals")) == 3)
     finally:
         worker.stop()

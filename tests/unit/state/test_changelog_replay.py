@@ -24,17 +24,35 @@ class Log:
 
     def data(self, key: bytes, value: int | None) -> Log:
         raw = None if value is None else orjson.dumps(value)
-        self.msgs.append(Message(topic="cl", partition=0, offset=len(self.msgs), key=key,
-                                 value=raw))
+        self.msgs.append(
+            Message(topic="cl", partition=0, offset=len(self.msgs), key=key, value=raw)
+        )
         return self
 
-    def marker(self, input_offset: int, *, first: int = -1, epoch: int = 1,
-               headers: bool = True, value: bytes | None = None) -> Log:
-        raw = value if value is not None else Stamp(
-            input_offset, 0, epoch=epoch, first_offset=first).encode()
-        self.msgs.append(Message(topic="cl", partition=0, offset=len(self.msgs),
-                                 key=MARKER_KEY, value=raw,
-                                 headers=list(MARKER_HEADERS) if headers else None))
+    def marker(
+        self,
+        input_offset: int,
+        *,
+        first: int = -1,
+        epoch: int = 1,
+        headers: bool = True,
+        value: bytes | None = None,
+    ) -> Log:
+        raw = (
+            value
+            if value is not None
+            else Stamp(input_offset, 0, epoch=epoch, first_offset=first).encode()
+        )
+        self.msgs.append(
+            Message(
+                topic="cl",
+                partition=0,
+                offset=len(self.msgs),
+                key=MARKER_KEY,
+                value=raw,
+                headers=list(MARKER_HEADERS) if headers else None,
+            )
+        )
         return self
 
     @property
@@ -119,8 +137,9 @@ def test_the_marker_key_is_refused_as_a_state_key() -> None:
     assert not table.dirty
 
 
-@pytest.mark.parametrize("value", [2**64, -(2**63) - 1, {"deep": [[[[1]]]] * 2},
-                                   "\ud800", object()])
+@pytest.mark.parametrize(
+    "value", [2**64, -(2**63) - 1, {"deep": [[[[1]]]] * 2}, "\ud800", object()]
+)
 def test_a_value_that_cannot_reach_the_changelog_is_refused_before_the_state_changes(
     value: object,
 ) -> None:
