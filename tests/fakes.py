@@ -588,9 +588,9 @@ class FakeConsumer:
             self.positions[(tp.topic, tp.partition)] = self._start(tp)
 
     def incremental_unassign(self, partitions: list[TopicPartition]) -> None:
+        # Pauses stay: librdkafka keeps a partition paused across its unassignment.
         for tp in partitions:
             self.positions.pop((tp.topic, tp.partition), None)
-            self.paused.discard((tp.topic, tp.partition))
 
     def offsets_for_times(
         self, partitions: list[TopicPartition], timeout: float = 0

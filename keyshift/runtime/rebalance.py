@@ -271,5 +271,7 @@ class RebalanceListener:
     def _release(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Drop the tasks and unassign their partitions. Their caches are freed from
         the loop, a slice per turn (see :mod:`keyshift.runtime.reaper`)."""
-        self.tasks.unassigned(partitions)
+        paused = self.tasks.unassigned(partitions)
+        if paused:
+            consumer.resume(paused)
         consumer.incremental_unassign(partitions)

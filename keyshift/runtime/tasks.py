@@ -107,11 +107,17 @@ class TaskManager:
         if self.migrations is not None:
             self.migrations.dropped((topic, partition))
 
-    def unassigned(self, partitions: Iterable[TopicPartition]) -> None:
-        """The group took ``partitions`` away: drop their tasks."""
+    def unassigned(self, partitions: Iterable[TopicPartition]) -> list[TopicPartition]:
+        """The group took ``partitions`` away: drop their tasks. Returns those of
+        them paused by a fence, which the caller must resume before unassigning:
+        librdkafka keeps a partition paused across its unassignment, so one
+        given back later would never be fetched again."""
+        paused: list[TopicPartition] = []
         for tp in partitions:
             self.drop(tp.topic, tp.partition)
-            self.fenced.pop((tp.topic, tp.partition), None)
+            if self.fenced.pop((tp.topic, tp.partition), None) is not None:
+                paused.append(TopicPartition(tp.topic, tp.partition))
+        return paused
 
     # -- fencing --------------------------------------------------------------------------
     def drop_fenced(self, tasks: Sequence[Task]) -> list[Task]:

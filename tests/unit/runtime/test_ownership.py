@@ -49,6 +49,27 @@ def test_a_fenced_task_is_paused_counted_and_stops_the_worker_if_it_stays() -> N
     assert worker.metrics.records_in == 3  # the fenced task's batch, nothing after
 
 
+def test_a_fenced_partition_lost_and_given_back_is_fetched_and_processed_again() -> None:
+    cluster = FakeCluster()
+    cluster.create_topic("in", 1)
+    app = App("f", brokers="fake:1", state="memory://f", commit_interval_ms=10)
+    app.stream("in").count(store="counts").to("out")
+    worker = app.worker(clients=cluster.clients())
+    feed(cluster, ["a"])
+    with WorkerThread(worker) as running:
+        assert wait_for(lambda: cluster.offsets.get(("f", "in", 0)) == 1)
+        cluster.store("memory://f").partition("f", "counts", 0).claim("other")
+        feed(cluster, ["a"])
+        assert wait_for(lambda: worker.metrics.fenced_tasks == 1)
+        (consumer,) = [c for c in cluster.consumers if c.group_id == "f" and c.paused]
+        consumer.lose([("in", 0)])  # the session expired; the group gives it back
+        feed(cluster, ["a"])
+        assert wait_for(lambda: cluster.offsets.get(("f", "in", 0)) == 3)
+    assert running.error is None
+    table = cluster.store("memory://f").partition("f", "counts", 0)
+    assert table.get_many([b"a"]) == [b"3"] and not consumer.paused
+
+
 def test_a_second_process_with_the_same_instance_id_stops_with_a_clear_error() -> None:
     cluster = FakeCluster()
     cluster.create_topic("in", 1)
