@@ -765,7 +765,7 @@ class FakeAdmin:
     def list_offsets(
         self, wanted: dict[TopicPartition, Any], isolation_level: Any = None, **_: Any
     ) -> dict[TopicPartition, Future[Any]]:
-        committed = "COMMITTED" in str(isolation_level)
+        committed = str(isolation_level).endswith("READ_COMMITTED")
         out: dict[TopicPartition, Future[Any]] = {}
         for tp in wanted:
             future: Future[Any] = Future()

@@ -97,6 +97,10 @@ def server_properties(node: KafkaNode, nodes: Sequence[KafkaNode], data_dir: Pat
         # the 10 s workers set, so a kill -9 fails over as fast as under classic.
         ("group.consumer.min.session.timeout.ms", 6000),
         ("group.consumer.session.timeout.ms", 10000),
+        # A transaction left open by a crashed or paused worker is aborted this
+        # soon after its timeout (default: checked every 10 s); a new owner's
+        # exactly-once restore waits for it (see runtime.kafka.stable_end_offsets).
+        ("transaction.abort.timed.out.transaction.cleanup.interval.ms", 1000),
         ("auto.create.topics.enable", "false"),
         ("delete.topic.enable", "true"),
         ("log.retention.hours", 24),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable
 
 from confluent_kafka import (
     Consumer,
@@ -23,7 +24,7 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
-from keyshift.config import DEFAULT_TRANSACTION_TIMEOUT_MS, Settings
+from keyshift.config import DEFAULT_TRANSACTION_TIMEOUT_MS, Settings, transaction_timeout_ms
 from keyshift.errors import BrokerError, ConfigError
 from keyshift.polling import consume_available
 from keyshift.retry import DEFAULT_RETRY, Retry
@@ -263,3 +264,62 @@ def end_offsets(
         return retry.call(query, "end offsets")
     except KafkaException as exc:
         raise BrokerError(f"cannot read end offsets: {exc}") from exc
+
+
+#: How often :func:`stable_end_offsets` asks again while a transaction is open.
+STABLE_POLL_S = 0.02
+#: Beyond the transaction timeout: the broker's default interval between its checks
+#: for timed-out transactions (10 s), and a margin.
+ABORT_CHECK_GRACE_S = 15.0
+
+
+def open_transaction_wait_s(settings: Settings) -> float:
+    """How long a restore waits for an earlier owner's open transaction: until the
+    broker must have aborted it."""
+    return transaction_timeout_ms(settings.kafka) / 1000 + ABORT_CHECK_GRACE_S
+
+
+def stable_end_offsets(
+    admin: AdminClient,
+    partitions: list[tuple[str, int]],
+    *,
+    wait_s: float,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[tuple[str, int], int]:
+    """The last stable offsets of ``partitions`` once no transaction is open on them
+    (their last stable offset equals their high watermark), waiting at most
+    ``wait_s``; after that, the last stable offsets as they are.
+
+    Under exactly-once a task's changelog partition has one writer, its owner. A
+    transaction still open there when a new owner restores belongs to an earlier
+    owner, typically a paused one (a zombie) whose commit is under way: it may yet
+    commit, with the input offsets that go with it. Restoring before it is decided
+    would miss its records and process their input again (the broker aborts such a
+    transaction after ``transaction.timeout.ms``, checked every
+    ``transaction.abort.timed.out.transaction.cleanup.interval.ms``).
+    """
+    ends = end_offsets(admin, partitions, read_committed=True)
+    deadline = clock() + wait_s
+    pending = list(partitions)
+    waited = False
+    while pending:
+        highs = end_offsets(admin, pending, read_committed=False)
+        pending = [tp for tp in pending if ends[tp] < highs[tp]]
+        if not pending or clock() >= deadline:
+            break
+        if not waited:
+            waited = True
+            log.warning(
+                "a transaction of an earlier owner is open on a changelog; waiting for it "
+                "to be committed or aborted",
+                extra={"partitions": ",".join(f"{t}[{p}]" for t, p in pending)},
+            )
+        sleep(STABLE_POLL_S)
+        ends.update(end_offsets(admin, pending, read_committed=True))
+    if pending:
+        log.error(
+            "a changelog transaction is still open; restoring up to its start",
+            extra={"partitions": ",".join(f"{t}[{p}]" for t, p in pending)},
+        )
+    return ends

@@ -28,7 +28,7 @@ from keyshift.migrations.locations import LocationsView
 from keyshift.migrations.tracker import MigrationTracker
 from keyshift.operators.topology import SubTopology, Topology
 from keyshift.runtime.committer import Committer
-from keyshift.runtime.kafka import end_offsets
+from keyshift.runtime.kafka import end_offsets, stable_end_offsets
 from keyshift.runtime.metrics import Metrics
 from keyshift.runtime.tasks import TaskManager
 
@@ -119,6 +119,7 @@ class RebalanceListener:
         closing: Callable[[], Closing | None],
         failed: Callable[[], bool],
         last_batch: Callable[[], float],
+        open_transaction_wait_s: float = 0.0,
     ) -> None:
         self.instance = instance
         self.topology = topology
@@ -134,6 +135,7 @@ class RebalanceListener:
         self._closing = closing
         self._failed = failed
         self._last_batch = last_batch
+        self.open_transaction_wait_s = open_transaction_wait_s
 
     # -- assignment --------------------------------------------------------------------
     def on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -179,13 +181,14 @@ class RebalanceListener:
             (store, tp.partition) for tp in partitions for store in self.subs[tp.topic].stores()
         ]
         if partitions:
-            # One offsets request for the locations topic and every changelog.
+            # One offsets request for the locations topic and every changelog
+            # (under exactly-once, one more to find transactions still open).
             locations = (self.topology.locations_topic, 0)
-            ends = end_offsets(
-                self.admin,
-                [locations, *((changelog(s), p) for s, p in wanted)],
-                read_committed=self.exactly_once,
-            )
+            topics = [locations, *((changelog(s), p) for s, p in wanted)]
+            if self.exactly_once:
+                ends = stable_end_offsets(self.admin, topics, wait_s=self.open_transaction_wait_s)
+            else:
+                ends = end_offsets(self.admin, topics)
             self.locations.catch_up(ends[locations])
         looked_up = time.monotonic()
         assigned: list[TopicPartition] = []

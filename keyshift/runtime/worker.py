@@ -30,7 +30,7 @@ from keyshift.polling import consume_available
 from keyshift.runtime.assembly import Parts, assemble
 from keyshift.runtime.clients import KAFKA, Clients
 from keyshift.runtime.coordinator import Request
-from keyshift.runtime.kafka import group_timeouts
+from keyshift.runtime.kafka import group_timeouts, open_transaction_wait_s
 from keyshift.runtime.metrics import GcClock, Metrics
 from keyshift.runtime.rebalance import SMALL_BATCH, Closing, Readiness, RebalanceListener
 from keyshift.runtime.task import Task
@@ -173,6 +173,7 @@ class Worker:
             closing=lambda: self._closing,
             failed=lambda: self._state is WorkerState.FAILED,
             last_batch=lambda: self._batch_done,
+            open_transaction_wait_s=open_transaction_wait_s(settings),
         )
         parts.consumer.subscribe(
             list(self.topology.by_topic()),

@@ -4,8 +4,11 @@ transaction timeout."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
+from fakes import FakeCluster, FakeProducer
 from keyshift import Settings
 from keyshift.config import DEFAULT_TRANSACTION_TIMEOUT_MS
 from keyshift.errors import ConfigError
@@ -14,6 +17,7 @@ from keyshift.runtime.kafka import (
     consumer_group_configs,
     group_timeouts,
     producer_config,
+    stable_end_offsets,
 )
 
 pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("no_keyshift_env")]
@@ -68,3 +72,56 @@ def test_the_group_consumer_keeps_its_client_id_when_the_kafka_settings_name_one
     settings = Settings.build("app", kafka={"client.id": "quota-name"})
     assert consumer_config(settings, "w1")["client.id"] == "app--w1"
     assert producer_config(settings, None)["client.id"] == "quota-name"
+
+
+def open_transaction(cluster: FakeCluster, records: int) -> FakeProducer:
+    producer = cluster.clients().producer({"transactional.id": "earlier-owner"})
+    producer.init_transactions()
+    producer.begin_transaction()
+    for i in range(records):
+        producer.produce("cl", b"1", f"k{i}".encode(), partition=0)
+    producer.flush()
+    return producer
+
+
+class Clock:
+    """A clock that sleeping moves, with something due at a given time."""
+
+    def __init__(self, at: float, then: Callable[[], None]) -> None:
+        self.now, self.at, self.then = 0.0, at, then
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        if self.at is not None and self.now >= self.at:
+            self.at = None  # type: ignore[assignment]
+            self.then()
+
+
+def test_stable_end_offsets_wait_for_an_earlier_owners_open_transaction() -> None:
+    """A paused owner's commit under way: its records count once it commits."""
+    cluster = FakeCluster()
+    cluster.create_topic("cl", 2)
+    plain = cluster.clients().producer({})
+    plain.produce("cl", b"1", b"x", partition=1)
+    plain.flush()
+    earlier = open_transaction(cluster, 3)
+    clock = Clock(at=2.0, then=earlier.commit_transaction)
+    admin = cluster.clients().admin({})
+    ends = stable_end_offsets(
+        admin, [("cl", 0), ("cl", 1)], wait_s=30, clock=clock, sleep=clock.sleep
+    )
+    # Partition 0: the three records and the transaction's commit marker.
+    assert ends == {("cl", 0): 4, ("cl", 1): 1} and 2.0 <= clock.now < 2.1
+
+
+def test_stable_end_offsets_give_up_at_the_deadline_with_the_last_stable_offset() -> None:
+    cluster = FakeCluster()
+    cluster.create_topic("cl", 1)
+    open_transaction(cluster, 3)
+    clock = Clock(at=1e9, then=lambda: None)
+    admin = cluster.clients().admin({})
+    ends = stable_end_offsets(admin, [("cl", 0)], wait_s=5, clock=clock, sleep=clock.sleep)
+    assert ends == {("cl", 0): 0} and 5.0 <= clock.now < 5.1

@@ -1,0 +1,71 @@
+"""The fault suite in its reduced form: ``bench/chaos.py --quick --guarantee both``.
+
+The script starts and stops a sandbox of its own (3 brokers, 3 Redis servers on
+free ports under a temporary ``KEYSHIFT_HOME``), so this test needs Java, Maven
+(or the cached Kafka jars) and redis-server, not the suite's sandbox.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "bench" / "chaos.py"
+TIMEOUT_S = 1500
+
+
+def chaos_module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("chaos", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def table_rows(stdout: str) -> dict[tuple[str, str], list[str]]:
+    """The markdown table's rows by (guarantee, fault)."""
+    rows = {}
+    for line in stdout.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) > 2 and cells[0] in ("at_least_once", "exactly_once"):
+            rows[(cells[0], cells[1])] = cells
+    return rows
+
+
+def run_script(*args: str) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPT), *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        # SIGTERM: the script stops its workers and its sandbox before exiting.
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=180)
+        pytest.fail(f"chaos.py did not finish in {TIMEOUT_S} s\n{out}\n{err[-4000:]}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+@pytest.mark.timeout(TIMEOUT_S + 300)
+def test_quick_fault_suite_loses_nothing_and_duplicates_nothing_under_eos() -> None:
+    done = run_script("--quick", "--guarantee", "both")
+    assert done.returncode == 0, f"{done.stdout}\n--- stderr (tail)\n{done.stderr[-6000:]}"
+    rows = table_rows(done.stdout)
+    chaos = chaos_module()
+    for guarantee in chaos.GUARANTEES:
+        for fault in chaos.FAULTS:
+            assert (guarantee, fault) in rows, f"no row for {guarantee} / {fault}"
+            assert rows[(guarantee, fault)][-1] == "ok", rows[(guarantee, fault)]
