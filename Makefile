@@ -5,6 +5,7 @@
 #   make test-unit             the unit tests only (no Java, Kafka or Redis needed)
 #   make demo DEMO=path.py     run a demo script against the sandbox
 #   make sandbox / make down   start / stop the local Kafka + Redis sandbox
+#   make docs                  build the documentation site (mkdocs, strict) into build/site
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -68,9 +69,14 @@ test-unit: lint typecheck
 demo: sandbox
 	$(WITH_SANDBOX_ENV) $(BIN)/python $(DEMO)
 
-lint: install
+lint: install docs
 	$(RUFF) check .
+	$(RUFF) format --check .
 	$(BIN)/lint-imports
+
+.PHONY: docs
+docs: install
+	$(BIN)/mkdocs build --strict --site-dir build/site
 
 typecheck: install
 	$(MYPY)
