@@ -43,7 +43,7 @@ class Plan:
     set_aside: bool = False
 
 
-def _replay(reason: str) -> Plan:
+def replay_plan(reason: str) -> Plan:
     """Rebuild from the changelog, from scratch.
 
     Whatever this instance's Redis holds for the task is not trusted: it may be
@@ -100,16 +100,16 @@ def plan(
         reachable: whether a connectable URL answers.
     """
     if location is None:
-        return _replay("no recorded location")
+        return replay_plan("no recorded location")
     if location.url == local_url:
         return _plan_local(location, local_url, resolve, reachable)
     if mode == "replay":
-        return _replay("migration=replay")
+        return replay_plan("migration=replay")
     source = resolve(location.url)
     if source is None:
-        return _replay(f"no credentials configured for {location.url}")
+        return replay_plan(f"no credentials configured for {location.url}")
     if not reachable(source):
-        return _replay(f"{location.url} is unreachable")
+        return replay_plan(f"{location.url} is unreachable")
     if not location.complete:
         return _plan_chained(location, local_url, mode, source, resolve, reachable)
     if mode == "stop-and-copy":
@@ -128,7 +128,7 @@ def _plan_local(
         return Plan("handoff", reason="state is already in this instance's Redis")
     connected = _connect(location, local_url, resolve, reachable)
     if connected is None:
-        return _replay("interrupted copy whose source is gone")
+        return replay_plan("interrupted copy whose source is gone")
     chain = connected[0]
     return Plan(
         "progressive",
@@ -152,7 +152,7 @@ def _plan_chained(
     if mode != "stop-and-copy":
         connected = _connect(location, local_url, resolve, reachable)
     if connected is None:
-        return _replay("the source itself holds an incomplete copy")
+        return replay_plan("the source itself holds an incomplete copy")
     chain, set_aside = connected
     reason = f"chained: {location.url} is still copying from {location.source}"
     if set_aside:

@@ -24,7 +24,7 @@ from keyshift.config import Settings
 from keyshift.errors import StateError
 from keyshift.migrations.events import MigrationEvent, now_ms
 from keyshift.migrations.locations import Location, LocationsView, split_aside
-from keyshift.migrations.planner import Plan, plan
+from keyshift.migrations.planner import Plan, plan, replay_plan
 from keyshift.migrations.replay import replay_changelog
 from keyshift.migrations.transfer import ProgressiveCopy, stop_and_copy
 from keyshift.state.base import Stamp, Store, StorePartition
@@ -151,6 +151,29 @@ class Restorer:
                 return set_aside
         return source.partition(app, store, partition, aside=aside)
 
+    def _a_source_lost_it(
+        self, decision: Plan, store: str, partition: int, move_tag: str | None
+    ) -> bool:
+        """Whether a source of the planned copy lost the task's state (its Redis
+        restarted empty or was flushed) though it answers: a partition that
+        holds a task's state has an owner epoch (every owner and copier claims
+        it), an aside copy its tag. Copying from it would bring back nothing,
+        and a resumed copy would count the missing keys from zero. Links named
+        as aside copies are not checked."""
+        assert decision.source_url is not None
+        links = [(decision.source_url, None), *((url, move_tag) for url in decision.origin_urls)]
+        for url, tag in links:
+            if split_aside(url)[1]:
+                continue  # an aside copy: this restore may be about to make it
+            part = self._partition(url, store, partition, tag)
+            if part.owner_epoch() == 0 and part.aside_tag() is None:
+                log.warning(
+                    "a copy source no longer holds the state; replaying the changelog",
+                    extra={"url": redact(split_aside(url)[0]), "task": f"{store}[{partition}]"},
+                )
+                return True
+        return False
+
     def warm_up(self) -> int:
         """Connect ahead of time to the Redis servers the first restores will
         likely read (every URL in the locations view but this instance's own),
@@ -240,6 +263,11 @@ class Restorer:
         decision: Plan = plan(
             location, self.local_url, self.settings.migration, self.resolve, self.reachable
         )
+        move_tag = None if location is None else f"{location.instance}@{location.epoch}"
+        if decision.source_url is not None and self._a_source_lost_it(
+            decision, store, partition, move_tag
+        ):
+            decision = replay_plan("a source of the copy no longer holds the state")
         clock.lap("plan")
         local = self.local.partition(app, store, partition)
         epoch = local.claim(self.instance, 0 if location is None else location.epoch + 1)
@@ -247,7 +275,6 @@ class Restorer:
             local.clear_data()
         if not decision.set_aside and not self._reads_local_aside(decision):
             self._stale_asides.append((store, partition))
-        move_tag = None if location is None else f"{location.instance}@{location.epoch}"
         if decision.set_aside:
             # Tagged by the move (the location it starts from): a retry of this
             # restore after a crash keeps the aside copy instead of emptying it,

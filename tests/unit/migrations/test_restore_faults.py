@@ -149,3 +149,30 @@ def test_records_no_marker_covers_are_written_again_by_the_next_owner() -> None:
     assert backend.data == {b"a": b"2", b"b": b"1"}
     stamp = applier.stamp
     assert isinstance(stamp, Stamp) and stamp.input_offset == 3
+
+
+def test_an_interrupted_copy_whose_source_restarted_empty_is_replayed_not_resumed() -> None:
+    cluster = FakeCluster()
+    cluster.create_topic("in", 1)
+    keys = [f"k{i}" for i in range(50)]
+    feed(cluster, "in", [(k, "v") for k in keys] + [("k0", "v")])
+    with WorkerThread(count_app("memory://X", "x").worker(clients=cluster.clients())):
+        assert wait_for(lambda: caught_up(cluster, "m"))
+    # Z takes the task and starts a progressive copy from X, then dies before
+    # copying anything (copies wait for the moved task's first record).
+    life = Life()
+    z = count_app("memory://Z", "z", peers="memory://X", migration="progressive")
+    with WorkerThread(z.worker(clients=cluster.clients(life))):
+        assert wait_for(lambda: published(cluster, "z"))
+        cluster.kill(life)
+    # X's server restarts empty: it answers, but holds nothing of the task.
+    cluster.store("memory://X").partition("m", "counts", 0).clear()
+    feed(cluster, "in", [("k0", "v"), ("k9", "v")])
+    z2 = count_app("memory://Z", "z", peers="memory://X", migration="progressive")
+    target = cluster.store("memory://Z").partition("m", "counts", 0)
+    with WorkerThread(z2.worker(clients=cluster.clients())) as running:
+        assert wait_for(lambda: caught_up(cluster, "m"))
+    assert running.error is None
+    # Rebuilt from the changelog: no count started again from zero.
+    assert target.data[b"k0"] == b"3" and target.data[b"k9"] == b"2"
+    assert len(target.data) == 50 and outputs(cluster)[-2:] == [("k0", 3), ("k9", 2)]
