@@ -45,9 +45,8 @@ def run(
     brokers = args.brokers
     rid = uuid.uuid4().hex[:6]
     app_id, source, sink = f"fo-{rid}", f"fo-src-{rid}", f"fo-out-{rid}"
-    AdminClient({"bootstrap.servers": brokers}).create_topics(
-        [NewTopic(source, num_partitions=args.partitions)]
-    )[source].result(30)
+    admin = AdminClient({"bootstrap.servers": brokers})  # alive until the topic exists
+    admin.create_topics([NewTopic(source, num_partitions=args.partitions)])[source].result(30)
     module = f"foapp_{rid}"
     (workdir / f"{module}.py").write_text(APP.format(app_id=app_id, source=source, sink=sink))
     env = dict(

@@ -30,6 +30,8 @@ from typing import Literal, get_args
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
+from keyshift.retry import DEFAULT_RETRY
+
 log = logging.getLogger("keyshift.control")
 
 Kind = Literal["hello", "join", "ack", "leave", "last", "bye"]
@@ -93,7 +95,11 @@ class ControlChannel:
         since = int((time.time() - lookback_s) * 1000)
         tp = TopicPartition(self.topic, 0, since)
         try:
-            (found,) = self._consumer.offsets_for_times([tp], timeout=10)
+            # Retried: the topic may have been created a moment ago, its leader
+            # not known yet.
+            (found,) = DEFAULT_RETRY.call(
+                lambda: self._consumer.offsets_for_times([tp], timeout=10), "control offsets"
+            )
             offset = found.offset if found.offset >= 0 else -1  # -1: the end
         except (KafkaException, ValueError) as exc:
             log.warning(
