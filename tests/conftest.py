@@ -27,6 +27,7 @@ import pytest
 import redis
 
 from fakes import wait_for
+from kafkautil import RedisServer
 from keyshift.dev import read_env_file, up
 from keyshift.dev.ports import port_open
 from keyshift.procs import child_pids, cmdline
@@ -194,3 +195,13 @@ def _no_leaked_children() -> Iterator[None]:
         except (ProcessLookupError, ChildProcessError):
             pass
     pytest.fail(f"test leaked child process(es): {described}", pytrace=False)
+
+
+@pytest.fixture
+def private_redis() -> Iterator[RedisServer]:
+    """A redis-server of the test's own (free port, no persistence)."""
+    server = RedisServer()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import collections
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -18,6 +20,7 @@ import orjson
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
+from keyshift.dev.ports import port_open
 from keyshift.runtime.kafka import read_topic as keyshift_read_topic
 
 WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa"]
@@ -276,3 +279,37 @@ def committed(admin: AdminClient, group: str, topic: str) -> int:
     except KafkaException:
         return 0
     return sum(max(tp.offset, 0) for tp in result.topic_partitions or [] if tp.topic == topic)
+
+
+class RedisServer:
+    """A redis-server owned by a test, without persistence: it can be killed, and
+    a restart comes back empty."""
+
+    def __init__(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed")
+        self.binary = binary
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc = self._start()
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        cmd = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1"]
+        proc = subprocess.Popen(
+            [*cmd, "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL
+        )
+        if not wait_for(lambda: port_open(self.port), 10, 0.02):
+            raise RuntimeError("redis-server did not start")
+        return proc
+
+    def restart_empty(self) -> None:
+        self.stop()
+        self.proc = self._start()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)

@@ -5,7 +5,6 @@ gone too), and a paused worker (a zombie) whose tasks move while it sleeps."""
 from __future__ import annotations
 
 import signal
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -76,45 +75,6 @@ def _counts(keys: list[str]) -> dict[str, int]:
     return out
 
 
-@pytest.fixture
-def private_redis(tmp_path: Path):
-    """A redis-server owned by the test, so it can be stopped."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    assert wait_for(
-        lambda: (
-            subprocess.run(
-                ["redis-cli", "-p", str(port), "ping"], capture_output=True
-            ).stdout.strip()
-            == b"PONG"
-        ),
-        10,
-        0.1,
-    )
-    yield proc, f"redis://127.0.0.1:{port}/0"
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait()
-
-
 def taken_over(brokers: str, app_id: str, since_ms: float) -> list[dict[str, object]]:
     """Migration events of tasks the survivor w0 took from w1 after ``since_ms``."""
     return [
@@ -128,7 +88,7 @@ def taken_over(brokers: str, app_id: str, since_ms: float) -> list[dict[str, obj
 def test_kill9_with_per_instance_redis(
     keep_redis, brokers, admin, redis_url, private_redis, unique, tmp_path: Path
 ):
-    redis_proc, victim_url = private_redis
+    victim_url = private_redis.url
     app_id, source, sink = unique("k9"), unique("events"), unique("counts")
     create_topic(admin, source, 4)
     data = _keys(12000)
@@ -151,8 +111,7 @@ def test_kill9_with_per_instance_redis(
         victim.kill()
         victim.wait()
         if not keep_redis:
-            redis_proc.kill()
-            redis_proc.wait()
+            private_redis.stop()
         producer.join()
         expected = _counts(data)
         assert wait_for(lambda: converged(brokers, sink, expected), 150), log.read_text()[-4000:]

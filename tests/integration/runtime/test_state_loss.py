@@ -4,10 +4,7 @@ carry on from nothing (its counts would start again at zero). It stops with
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, cast
 
 import orjson
@@ -16,63 +13,11 @@ import redis
 from confluent_kafka import Producer
 
 from fakes import WorkerThread, wait_for
-from kafkautil import assert_strictly_increasing, create_topic, read_topic
+from kafkautil import RedisServer, assert_strictly_increasing, create_topic, read_topic
 from keyshift import App
-from keyshift.dev.ports import port_open
 from keyshift.errors import StateLostError
 
 pytestmark = pytest.mark.integration
-
-
-class RedisServer:
-    """A private redis-server without persistence: a restart comes back empty."""
-
-    def __init__(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.skip("redis-server is not installed")
-        self.binary = binary
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc = self._start()
-
-    def _start(self) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(
-            [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        assert wait_for(lambda: port_open(self.port), 10, 0.02), "redis-server did not start"
-        return proc
-
-    def restart_empty(self) -> None:
-        self.proc.kill()
-        self.proc.wait(10)
-        self.proc = self._start()
-
-    def stop(self) -> None:
-        self.proc.kill()
-        self.proc.wait(10)
-
-
-@pytest.fixture
-def private_redis() -> Iterator[RedisServer]:
-    server = RedisServer()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def wordcount(app_id: str, source: str, sink: str, state: str, guarantee: str) -> App:

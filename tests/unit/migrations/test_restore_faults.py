@@ -90,20 +90,26 @@ def published(cluster: FakeCluster, instance: str) -> bool:
     )
 
 
-def test_a_set_aside_whose_location_was_never_published_is_still_found() -> None:
+def copy_interrupted() -> FakeCluster:
+    """X counted 50 keys (k0 twice); Z took the task and began a progressive copy
+    from X, then died before copying anything (copies wait for the moved task's
+    first record)."""
     cluster = FakeCluster()
     cluster.create_topic("in", 1)
     keys = [f"k{i}" for i in range(50)]
     feed(cluster, "in", [(k, "v") for k in keys] + [("k0", "v")])
     with WorkerThread(count_app("memory://X", "x").worker(clients=cluster.clients())):
         assert wait_for(lambda: caught_up(cluster, "m"))
-    # Z takes the task and starts a progressive copy from X, then dies before
-    # copying anything (copies wait for the moved task's first record).
     life = Life()
     z = count_app("memory://Z", "z", peers="memory://X", migration="progressive")
     with WorkerThread(z.worker(clients=cluster.clients(life))):
         assert wait_for(lambda: published(cluster, "z"))
         cluster.kill(life)
+    return cluster
+
+
+def test_a_set_aside_whose_location_was_never_published_is_still_found() -> None:
+    cluster = copy_interrupted()
     # X gets the task back mid-copy: it sets its own (older) data aside, and
     # dies before the location naming the aside copy is published.
     cluster.crash_at = {
@@ -152,19 +158,7 @@ def test_records_no_marker_covers_are_written_again_by_the_next_owner() -> None:
 
 
 def test_an_interrupted_copy_whose_source_restarted_empty_is_replayed_not_resumed() -> None:
-    cluster = FakeCluster()
-    cluster.create_topic("in", 1)
-    keys = [f"k{i}" for i in range(50)]
-    feed(cluster, "in", [(k, "v") for k in keys] + [("k0", "v")])
-    with WorkerThread(count_app("memory://X", "x").worker(clients=cluster.clients())):
-        assert wait_for(lambda: caught_up(cluster, "m"))
-    # Z takes the task and starts a progressive copy from X, then dies before
-    # copying anything (copies wait for the moved task's first record).
-    life = Life()
-    z = count_app("memory://Z", "z", peers="memory://X", migration="progressive")
-    with WorkerThread(z.worker(clients=cluster.clients(life))):
-        assert wait_for(lambda: published(cluster, "z"))
-        cluster.kill(life)
+    cluster = copy_interrupted()
     # X's server restarts empty: it answers, but holds nothing of the task.
     cluster.store("memory://X").partition("m", "counts", 0).clear()
     feed(cluster, "in", [("k0", "v"), ("k9", "v")])
