@@ -34,7 +34,7 @@ from keyshift.runtime.kafka import (
     restore_consumer_config,
 )
 from keyshift.runtime.metrics import Metrics
-from keyshift.runtime.producer import RecordProducer
+from keyshift.runtime.producer import RecordProducer, client_errors
 from keyshift.runtime.tasks import TaskManager
 from keyshift.runtime.topics import TopicManager
 from keyshift.state.base import Store
@@ -183,7 +183,8 @@ def _records(
     )
     if settings.exactly_once:
         try:
-            records.producer.init_transactions(TIMEOUT_S)
+            with client_errors():
+                records.producer.init_transactions(TIMEOUT_S)
         except KafkaException as exc:
             raise BrokerError(f"cannot initialise transactions: {exc}") from exc
         records.producer.begin_transaction()

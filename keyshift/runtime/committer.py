@@ -43,6 +43,7 @@ from keyshift.runtime.metrics import Metrics
 from keyshift.runtime.producer import (
     PURGED,
     RecordProducer,
+    client_errors,
     fenced_error,
     producer_fenced,
     requires_abort,
@@ -206,7 +207,11 @@ class Committer:
             self._marker_errors.append(f"{key[0]}[{key[1]}]: {err.str()}")
 
     def _flush_markers(self) -> None:
-        left = self.producer.flush(TIMEOUT_S)
+        try:
+            with client_errors():
+                left = self.producer.flush(TIMEOUT_S)
+        except KafkaException as exc:
+            raise BrokerError(f"producer failed: {exc}") from exc
         if left:
             raise BrokerError(f"{left} records not delivered within {TIMEOUT_S:.0f}s")
         self._raise_marker_errors()
@@ -223,12 +228,13 @@ class Committer:
         # Serve the delivery reports first (commit_transaction would wait for the
         # same acknowledgements): a report served inside a transactional call that
         # fails (fenced) breaks the client's error reporting.
-        self.producer.flush(TIMEOUT_S)
         try:
-            self.producer.send_offsets_to_transaction(
-                offsets, self.consumer.consumer_group_metadata(), TIMEOUT_S
-            )
-            self.producer.commit_transaction(TIMEOUT_S)
+            with client_errors():
+                self.producer.flush(TIMEOUT_S)
+                self.producer.send_offsets_to_transaction(
+                    offsets, self.consumer.consumer_group_metadata(), TIMEOUT_S
+                )
+                self.producer.commit_transaction(TIMEOUT_S)
         except KafkaException as exc:
             if producer_fenced(exc):
                 raise self._fenced(exc) from exc
@@ -326,15 +332,16 @@ class Committer:
                 f"{MAX_ABORTS_IN_ROW} transactions in a row were aborted; last: {reason}"
             )
         try:
-            self.producer.abort_transaction(TIMEOUT_S)
-            self.producer.begin_transaction()
+            with client_errors():
+                self.producer.abort_transaction(TIMEOUT_S)
+                self.producer.begin_transaction()
+                # Delivery reports of the aborted transaction's records (purged or
+                # not) must not leak into the next commit.
+                self.producer.poll(0)
         except KafkaException as exc:
             if producer_fenced(exc):
                 raise self._fenced(exc) from exc
             raise BrokerError(f"cannot abort the transaction ({reason}): {exc}") from exc
-        # Delivery reports of the aborted transaction's records (purged or not)
-        # must not leak into the next commit.
-        self.producer.poll(0)
         self._marker_offsets.clear()
         self._first_offsets.clear()
         self._marker_errors.clear()

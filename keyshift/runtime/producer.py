@@ -22,7 +22,8 @@ are settled by :meth:`RecordProducer.settle` before a commit writes its markers.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -83,6 +84,24 @@ def transaction_failed(exc: KafkaException) -> bool:
     tells an abortable failure from a fatal one."""
     err = exc.args[0] if exc.args else None
     return requires_abort(exc) or (isinstance(err, KafkaError) and err.code() == KafkaError._STATE)
+
+
+@contextmanager
+def client_errors() -> Iterator[None]:
+    """Raise a transactional call's own KafkaException.
+
+    confluent-kafka serves delivery reports inside transactional calls; a report
+    served after the call has already failed (e.g. fenced) surfaces as a
+    SystemError ("returned a result with an exception set") whose cause is the
+    call's KafkaException, which is what callers must handle.
+    """
+    try:
+        yield
+    except SystemError as exc:
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, KafkaException):
+            raise cause from None
+        raise
 
 
 def _headers_size(headers: Headers | None) -> int:
@@ -155,7 +174,8 @@ class RecordProducer:
             BrokerError: any other fatal producer error.
         """
         try:
-            self.producer.poll(0)
+            with client_errors():
+                self.producer.poll(0)
         except KafkaException as exc:
             if producer_fenced(exc):
                 raise fenced_error(str(self.producer_config.get("transactional.id")), exc) from exc
@@ -175,10 +195,12 @@ class RecordProducer:
         """
         while True:
             try:
-                self.producer.produce(topic, value, key, **kwargs)
-                return
-            except BufferError:
-                self.producer.poll(0.05)
+                with client_errors():
+                    try:
+                        self.producer.produce(topic, value, key, **kwargs)
+                        return
+                    except BufferError:
+                        self.producer.poll(0.05)
             except KafkaException as exc:
                 raise self._send_error(topic, exc) from exc
 
@@ -352,6 +374,12 @@ class RecordProducer:
             raise BrokerError(f"delivery failed ({len(fatal)} records): " + "; ".join(fatal[:5]))
 
     def _flush(self, timeout_s: float) -> None:
-        left = self.producer.flush(timeout_s)
+        try:
+            with client_errors():
+                left = self.producer.flush(timeout_s)
+        except KafkaException as exc:
+            if self.transactional and producer_fenced(exc):
+                raise fenced_error(str(self.producer_config.get("transactional.id")), exc) from exc
+            raise BrokerError(f"producer failed: {exc}") from exc
         if left:
             raise BrokerError(f"{left} records not delivered within {timeout_s:.0f}s")
