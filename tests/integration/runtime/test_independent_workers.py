@@ -19,6 +19,8 @@ from kafkautil import (
     events,
     expected_counts,
     final_counts,
+    group_assignment,
+    group_holds,
     keyshift_cmd,
     produce_json,
     read_topic,
@@ -116,7 +118,15 @@ def test_independent_workers_scale_out_and_in_exactly(
         # The three process together before two of them stop.
         mark = committed(admin, app_id, source)
         assert wait_for(lambda: committed(admin, app_id, source) >= min(mark + 1000, len(data)), 60)
+        held = group_assignment(admin, app_id)
+        stateful_away = {
+            p for name in ("w1", "w2") for t, p in held.get(name, ()) if t == repartition
+        }
         stopped_ms = fleet.stop("w1", "w2")
+        # Every partition is w0's again at once, not after a session timeout (a
+        # static member that does not leave the group keeps its partitions).
+        assert wait_for(lambda: group_holds(admin, app_id, [source, repartition], 1), 30, 0.1)
+        assert time.time() * 1000 - stopped_ms < HANDOVER_MS, group_assignment(admin, app_id)
         producer.join()
         expected = expected_counts(data)
         assert wait_for(
@@ -125,12 +135,12 @@ def test_independent_workers_scale_out_and_in_exactly(
     finally:
         fleet.stop(*list(fleet.procs))
         fleet.close()
-    back = [
-        e
+    back = {
+        e["partition"]: e
         for e in events(brokers, app_id)
         if e["to_instance"] == "w0" and e["assigned_ms"] > stopped_ms
-    ]
-    # The stopped workers' stateful tasks came back to w0 at once, not after a
-    # session timeout (a static member that does not leave the group holds them).
-    assert back and all(e["from_instance"] in ("w1", "w2") for e in back), back
-    assert all(e["assigned_ms"] - stopped_ms < HANDOVER_MS for e in back), back
+    }
+    # The stateful tasks the stopped workers held came back to w0 with their state.
+    assert set(back) == stateful_away, (back, stateful_away)
+    assert all(e["from_instance"] in ("w1", "w2") for e in back.values()), back
+    assert all(e["assigned_ms"] - stopped_ms < HANDOVER_MS for e in back.values()), back
