@@ -33,7 +33,17 @@ from typing import Any, Literal
 
 from keyshift.dev import kafka, redis_server
 from keyshift.dev.kafka import DEFAULT_VERSION, KafkaNode
-from keyshift.dev.paths import env_file, run_dir
+from keyshift.dev.paths import (
+    env_file,
+    kafka_dir,
+    kafka_log,
+    kafka_pid_file,
+    kafka_props,
+    redis_dir,
+    redis_log,
+    redis_pid_file,
+    run_dir,
+)
 from keyshift.dev.ports import assign_ports, port_in_use, port_open
 from keyshift.errors import SandboxError
 from keyshift.procs import owned_pid, read_pid, spawn_detached, stop_pids, write_pid
@@ -142,35 +152,7 @@ class State:
         tmp.replace(run / STATE_FILE)
 
 
-# --------------------------------------------------------------------------- paths
-
-
-def kafka_dir(run: Path, index: int) -> Path:
-    return run / f"kafka-{index}"
-
-
-def kafka_pid_file(run: Path, index: int) -> Path:
-    return run / f"kafka-{index}.pid"
-
-
-def kafka_props(run: Path, index: int) -> Path:
-    return kafka_dir(run, index) / "server.properties"
-
-
-def kafka_log(run: Path, index: int) -> Path:
-    return kafka_dir(run, index) / "kafka.log"
-
-
-def redis_dir(run: Path, index: int) -> Path:
-    return run / f"redis-{index}"
-
-
-def redis_pid_file(run: Path, index: int) -> Path:
-    return run / f"redis-{index}.pid"
-
-
-def redis_log(run: Path, index: int) -> Path:
-    return redis_dir(run, index) / "redis.log"
+# --------------------------------------------------------------------------- pids
 
 
 def kafka_pid(run: Path, index: int) -> int | None:
