@@ -165,9 +165,10 @@ class RecordProducer:
         """Drop failed reports (their transaction was aborted: nothing of it counts)."""
         self._failed.clear()
 
-    def poll(self) -> None:
-        """Serve delivery reports. A fatal producer error (fenced by another
-        process with this transactional id, or any other) is raised here.
+    def poll(self, timeout_s: float = 0.0) -> None:
+        """Serve delivery reports (waiting up to ``timeout_s`` for one). A fatal
+        producer error (fenced by another process with this transactional id, or
+        any other) is raised here.
 
         Raises:
             InstanceConflict: another producer with this transactional id took over.
@@ -175,7 +176,7 @@ class RecordProducer:
         """
         try:
             with client_errors():
-                self.producer.poll(0)
+                self.producer.poll(timeout_s)
         except KafkaException as exc:
             if producer_fenced(exc):
                 raise fenced_error(str(self.producer_config.get("transactional.id")), exc) from exc
@@ -195,12 +196,10 @@ class RecordProducer:
         """
         while True:
             try:
-                with client_errors():
-                    try:
-                        self.producer.produce(topic, value, key, **kwargs)
-                        return
-                    except BufferError:
-                        self.producer.poll(0.05)
+                self.producer.produce(topic, value, key, **kwargs)
+                return
+            except BufferError:
+                self.poll(0.05)  # room is made as reports come in
             except KafkaException as exc:
                 raise self._send_error(topic, exc) from exc
 
