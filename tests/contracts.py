@@ -540,6 +540,33 @@ class TransferContract:
         assert stamp is None and target.read_stamp() is None
         assert copy.step() is True and copy.done
 
+    def test_progressive_source_that_restarted_empty_is_lost_not_absent(self, pair: Pair) -> None:
+        """A source whose Redis came back empty would answer "absent" for every
+        key still to copy: the fetch and the end of the scan refuse instead."""
+        source, target = pair
+        seed(source)
+        epoch = new_owner(source, target)
+        copy, _ = ProgressiveCopy.begin(source, target, epoch, "o", resume=False)
+        source.clear()  # its server restarted empty
+        with pytest.raises(StateLostError):
+            copy.fetch([b"k0"])
+        with pytest.raises(StateLostError):
+            run_to_end(copy)
+        assert not copy.done and target.key_count() == 0
+
+    def test_progressive_source_claimed_again_mid_copy_is_fenced(self, pair: Pair) -> None:
+        """The source's server restarted empty and its own worker claimed it again
+        (a higher epoch): the copy stops rather than finish from the empty scan."""
+        source, target = pair
+        seed(source)
+        epoch = new_owner(source, target)
+        copy, _ = ProgressiveCopy.begin(source, target, epoch, "o", resume=False)
+        source.clear()
+        source.claim("back-on-empty", epoch + 5)
+        with pytest.raises(FencedError):
+            run_to_end(copy)
+        assert not copy.done
+
     def test_progressive_zombie_target_is_fenced(self, pair: Pair) -> None:
         source, target = pair
         seed(source)

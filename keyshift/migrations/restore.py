@@ -152,24 +152,45 @@ class Restorer:
         return source.partition(app, store, partition, aside=aside)
 
     def _a_source_lost_it(
-        self, decision: Plan, store: str, partition: int, move_tag: str | None
+        self, decision: Plan, location: Location, store: str, partition: int, move_tag: str
     ) -> bool:
-        """Whether a source of the planned copy lost the task's state (its Redis
-        restarted empty or was flushed) though it answers: a partition that
-        holds a task's state has an owner epoch (every owner and copier claims
-        it), an aside copy its tag. Copying from it would bring back nothing,
-        and a resumed copy would count the missing keys from zero. Links named
-        as aside copies are not checked."""
+        """Whether a link of the planned copy no longer holds the state that
+        ``location`` describes.
+
+        Whoever published the location claimed every link of its copy with the
+        location's epoch (the owner claimed its own partition with it), so a
+        link holds that state only while its owner epoch is exactly that one:
+        0 means its Redis restarted empty or was flushed; another epoch means
+        someone claimed it since (its own worker back on an emptied Redis, or a
+        restore that may have cleared it). Copying or resuming from such a link
+        would count its missing keys from zero; replaying the changelog is
+        always right. Two links are trusted by their tag instead: an aside copy
+        made for this very move (its maker checked the data before moving it
+        aside), and the local data this restore is about to set aside, which is
+        judged by its epoch before it moves.
+        """
         assert decision.source_url is not None
         links = [(decision.source_url, None), *((url, move_tag) for url in decision.origin_urls)]
         for url, tag in links:
-            if split_aside(url)[1]:
-                continue  # an aside copy: this restore may be about to make it
-            part = self._partition(url, store, partition, tag)
-            if part.owner_epoch() == 0 and part.aside_tag() is None:
+            base, aside = split_aside(url)
+            if aside and decision.set_aside and redact(base) == self.local_url:
+                if self._partition(url, store, partition).aside_tag() == move_tag:
+                    continue  # made for this move by an earlier try of this restore
+                part = self._partition(base, store, partition)
+            else:
+                part = self._partition(url, store, partition, tag)
+                if tag is not None and part.aside_tag() == tag:
+                    continue  # its instance set it aside for this move
+            held = part.owner_epoch()
+            if held != location.epoch:
                 log.warning(
                     "a copy source no longer holds the state; replaying the changelog",
-                    extra={"url": redact(split_aside(url)[0]), "task": f"{store}[{partition}]"},
+                    extra={
+                        "url": redact(url),
+                        "task": f"{store}[{partition}]",
+                        "owner_epoch": held,
+                        "location_epoch": location.epoch,
+                    },
                 )
                 return True
         return False
@@ -264,8 +285,11 @@ class Restorer:
             location, self.local_url, self.settings.migration, self.resolve, self.reachable
         )
         move_tag = None if location is None else f"{location.instance}@{location.epoch}"
-        if decision.source_url is not None and self._a_source_lost_it(
-            decision, store, partition, move_tag
+        if (
+            location is not None
+            and move_tag is not None
+            and decision.source_url is not None
+            and self._a_source_lost_it(decision, location, store, partition, move_tag)
         ):
             decision = replay_plan("a source of the copy no longer holds the state")
         clock.lap("plan")

@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from keyshift.errors import FencedError, StateError
+from keyshift.errors import FencedError, StateError, StateLostError
 from keyshift.state.base import Stamp, StorePartition
 
 log = logging.getLogger("keyshift.migrations.transfer")
@@ -112,6 +112,8 @@ class ProgressiveCopy:
         self.done = False
         # Newest first: HSETNX keeps a newer source's value over an older one's.
         self._sources = [source, *origins]
+        #: Each source's owner epoch as this copy's claim left it (see ``begin``).
+        self._claimed: list[int] = []
         self._batches = itertools.chain.from_iterable(s.scan(BATCH) for s in self._sources)
         self._started = time.monotonic()
         self._last_log = self._started
@@ -136,8 +138,7 @@ class ProgressiveCopy:
         mid-copy (chained copy); keys missing at the source are read there.
         """
         copy = cls(source, target, epoch, what=what, origins=origins)
-        for each in copy._sources:
-            each.claim(owner, epoch)
+        copy._claimed = [each.claim(owner, epoch) for each in copy._sources]
         if resume:
             return copy, target.read_stamp()
         stamp = source.read_stamp()
@@ -148,14 +149,19 @@ class ProgressiveCopy:
 
     def fetch(self, keys: Sequence[bytes]) -> list[bytes | None]:
         """Values of keys not yet local: one round trip to the source, and one more to
-        each older source of a chain for the keys still missing."""
+        each older source of a chain for the keys still missing.
+
+        Raises:
+            StateLostError: a source's Redis lost the state (restarted empty):
+                its answer "absent" would count the key again from zero.
+        """
         if self.done or not keys:
             return [None] * len(keys)
         self.fetched += len(keys)
         values: list[bytes | None] = [None] * len(keys)
         missing = list(range(len(keys)))
         for source in self._sources:
-            found = source.get_many([keys[i] for i in missing])
+            found = source.get_many([keys[i] for i in missing], self.epoch)
             for i, value in zip(missing, found, strict=True):
                 values[i] = value
             missing = [i for i in missing if values[i] is None]
@@ -169,11 +175,18 @@ class ProgressiveCopy:
             source.drop_keys(keys)
 
     def step(self) -> bool:
-        """Copy one batch; returns True once everything is local."""
+        """Copy one batch; returns True once everything is local.
+
+        Raises:
+            StateLostError: a source lost the state during the copy (its scan
+                ended early on an emptied Redis).
+            FencedError: another instance claimed a source since.
+        """
         if self.done:
             return True
         batch = next(self._batches, None)
         if batch is None:
+            self._check_sources()
             for source in self._sources:
                 source.clear_data()
             self.done = True
@@ -187,3 +200,17 @@ class ProgressiveCopy:
             self._last_log = now
             log.info("background state copy", extra={"task": self.what, "keys": self.stats.keys})
         return False
+
+    def _check_sources(self) -> None:
+        """Every source still holds the epoch this copy's claim gave it: an emptied
+        Redis ends a scan early as if all had been copied."""
+        for source, claimed in zip(self._sources, self._claimed, strict=True):
+            held = source.owner_epoch()
+            if held < claimed:
+                raise StateLostError(
+                    self.what, f"a copy source's owner epoch fell from {claimed} to {held}"
+                )
+            if held > claimed:
+                raise FencedError(
+                    f"{self.what}: a copy source was claimed again (epoch {held} > {claimed})"
+                )

@@ -170,3 +170,38 @@ def test_an_interrupted_copy_whose_source_restarted_empty_is_replayed_not_resume
     # Rebuilt from the changelog: no count started again from zero.
     assert target.data[b"k0"] == b"3" and target.data[b"k9"] == b"2"
     assert len(target.data) == 50 and outputs(cluster)[-2:] == [("k0", 3), ("k9", 2)]
+
+
+def test_an_interrupted_copy_whose_source_restarted_empty_and_was_claimed_again_is_replayed() -> (
+    None
+):
+    cluster = copy_interrupted()
+    # X's server restarts empty and X's worker, back first, claims the task there:
+    # the source has an owner epoch again, but not the one Z's copy gave it.
+    source = cluster.store("memory://X").partition("m", "counts", 0)
+    source.clear()
+    source.claim("x", 99)
+    feed(cluster, "in", [("k0", "v"), ("k9", "v")])
+    z2 = count_app("memory://Z", "z", peers="memory://X", migration="progressive")
+    target = cluster.store("memory://Z").partition("m", "counts", 0)
+    with WorkerThread(z2.worker(clients=cluster.clients())) as running:
+        assert wait_for(lambda: caught_up(cluster, "m"))
+    assert running.error is None
+    assert target.data[b"k0"] == b"3" and target.data[b"k9"] == b"2"
+    assert len(target.data) == 50 and outputs(cluster)[-2:] == [("k0", 3), ("k9", 2)]
+
+
+def test_the_old_owner_back_on_an_emptied_server_replays_instead_of_setting_nothing_aside() -> None:
+    cluster = copy_interrupted()
+    # X's server restarts empty; X's worker gets the task back while Z's copy
+    # from X is unfinished. Its chain would read X's keys from X's aside copy,
+    # which would now hold nothing.
+    cluster.store("memory://X").partition("m", "counts", 0).clear()
+    feed(cluster, "in", [("k0", "v"), ("k9", "v")])
+    x2 = count_app("memory://X", "x2", peers="memory://Z", migration="progressive")
+    target = cluster.store("memory://X").partition("m", "counts", 0)
+    with WorkerThread(x2.worker(clients=cluster.clients())) as running:
+        assert wait_for(lambda: caught_up(cluster, "m"))
+    assert running.error is None
+    assert target.data[b"k0"] == b"3" and target.data[b"k9"] == b"2"
+    assert len(target.data) == 50 and outputs(cluster)[-2:] == [("k0", 3), ("k9", 2)]
