@@ -37,6 +37,7 @@ from keyshift.runtime.metrics import Metrics
 from keyshift.runtime.producer import RecordProducer, client_errors
 from keyshift.runtime.tasks import TaskManager
 from keyshift.runtime.topics import TopicManager
+from keyshift.runtime.watchdog import WATCHDOG
 from keyshift.state.base import Store
 
 log = logging.getLogger("keyshift.worker")
@@ -183,7 +184,7 @@ def _records(
     )
     if settings.exactly_once:
         try:
-            with client_errors():
+            with client_errors(), WATCHDOG.watch("init_transactions", TIMEOUT_S):
                 records.producer.init_transactions(TIMEOUT_S)
         except KafkaException as exc:
             raise BrokerError(f"cannot initialise transactions: {exc}") from exc

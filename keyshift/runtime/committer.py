@@ -36,7 +36,7 @@ from functools import partial
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from keyshift.config import Settings
+from keyshift.config import Settings, transaction_timeout_ms
 from keyshift.errors import BrokerError, FencedError, TransactionAbortable
 from keyshift.operators.topology import Topology
 from keyshift.runtime.metrics import Metrics
@@ -50,6 +50,7 @@ from keyshift.runtime.producer import (
 )
 from keyshift.runtime.task import Task
 from keyshift.runtime.tasks import TaskManager
+from keyshift.runtime.watchdog import WATCHDOG, Watchdog
 from keyshift.state.base import Stamp
 from keyshift.state.changelog import MARKER_HEADERS, MARKER_KEY
 from keyshift.state.table import Table, write_tables
@@ -87,9 +88,14 @@ class Committer:
         topology: Topology,
         settings: Settings,
         metrics: Metrics,
+        watchdog: Watchdog = WATCHDOG,
     ) -> None:
         self.producer = producer
         self.records = records
+        self.watchdog = watchdog
+        self._transaction_timeout_s = transaction_timeout_ms(settings.kafka) / 1000
+        #: When the open transaction began (the first one began as the worker started).
+        self._transaction_began = time.monotonic()
         self.consumer = consumer
         self.tasks = tasks
         self.topology = topology
@@ -228,13 +234,16 @@ class Committer:
         # Serve the delivery reports first (commit_transaction would wait for the
         # same acknowledgements): a report served inside a transactional call that
         # fails (fenced) breaks the client's error reporting.
+        watch = self.watchdog.watch
         try:
             with client_errors():
                 self.producer.flush(TIMEOUT_S)
-                self.producer.send_offsets_to_transaction(
-                    offsets, self.consumer.consumer_group_metadata(), TIMEOUT_S
-                )
-                self.producer.commit_transaction(TIMEOUT_S)
+                with watch("send_offsets_to_transaction", TIMEOUT_S):
+                    self.producer.send_offsets_to_transaction(
+                        offsets, self.consumer.consumer_group_metadata(), TIMEOUT_S
+                    )
+                with watch("commit_transaction", TIMEOUT_S):
+                    self.producer.commit_transaction(TIMEOUT_S)
         except KafkaException as exc:
             if producer_fenced(exc):
                 raise self._fenced(exc) from exc
@@ -245,12 +254,21 @@ class Committer:
             self.abort(f"transaction commit failed: {exc}", leaving=leaving)
             return False
         self._raise_marker_errors()
-        self.producer.begin_transaction()
+        self._begin_transaction()
         self._aborts_in_row = 0
         return True
 
+    def _begin_transaction(self) -> None:
+        self.producer.begin_transaction()
+        self._transaction_began = time.monotonic()
+
     def _fenced(self, exc: KafkaException) -> Exception:
-        return fenced_error(str(self.records.producer_config.get("transactional.id")), exc)
+        return fenced_error(
+            str(self.records.producer_config.get("transactional.id")),
+            exc,
+            open_s=time.monotonic() - self._transaction_began,
+            timeout_s=self._transaction_timeout_s,
+        )
 
     def _write_store(self, pending: list[_Pending]) -> None:
         """Every table's changes and stamp, in one round trip per Redis server."""
@@ -333,8 +351,9 @@ class Committer:
             )
         try:
             with client_errors():
-                self.producer.abort_transaction(TIMEOUT_S)
-                self.producer.begin_transaction()
+                with self.watchdog.watch("abort_transaction", TIMEOUT_S):
+                    self.producer.abort_transaction(TIMEOUT_S)
+                self._begin_transaction()
                 # Delivery reports of the aborted transaction's records (purged or
                 # not) must not leak into the next commit.
                 self.producer.poll(0)

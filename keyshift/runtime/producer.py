@@ -108,7 +108,28 @@ def _headers_size(headers: Headers | None) -> int:
     return sum(len(name) + len(value) for name, value in headers) if headers else 0
 
 
-def fenced_error(transactional_id: str, exc: KafkaException) -> InstanceConflict:
+def fenced_error(
+    transactional_id: str,
+    exc: KafkaException,
+    *,
+    open_s: float = 0.0,
+    timeout_s: float | None = None,
+) -> InstanceConflict | BrokerError:
+    """The error for a fenced transactional producer.
+
+    Fenced while its transaction had been open (``open_s``) longer than
+    ``transaction.timeout.ms`` (``timeout_s``): the coordinator aborted the
+    transaction on its own (e.g. its records waited for the leader of a
+    partition on a broker that died) and bumped the producer epoch. That is a
+    failure of the cluster, which a restart recovers from. Otherwise another
+    process took the transactional id over: two workers share an instance id.
+    """
+    if timeout_s is not None and open_s > timeout_s:
+        return BrokerError(
+            f"the transaction was open {open_s:.1f}s, longer than transaction.timeout.ms "
+            f"({timeout_s:.0f}s), and its coordinator aborted it ({exc}); nothing of it "
+            f"is kept"
+        )
     return InstanceConflict(
         f"another process started with transactional id {transactional_id!r} and fenced "
         f"this one ({exc}): two workers run with the same instance id; give each its own "

@@ -34,6 +34,7 @@ from keyshift.runtime.kafka import group_timeouts, open_transaction_wait_s
 from keyshift.runtime.metrics import GcClock, Metrics
 from keyshift.runtime.rebalance import SMALL_BATCH, Closing, Readiness, RebalanceListener
 from keyshift.runtime.task import Task
+from keyshift.runtime.watchdog import WATCHDOG
 
 log = logging.getLogger("keyshift.worker")
 
@@ -380,7 +381,8 @@ class Worker:
     def _release(self, parts: Parts) -> None:
         if self._state is WorkerState.FAILED and self.settings.exactly_once:
             try:
-                parts.producer.abort_transaction(5)
+                with WATCHDOG.watch("abort_transaction", 5):
+                    parts.producer.abort_transaction(5)
             except KafkaException:
                 pass
         try:
