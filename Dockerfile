@@ -37,15 +37,20 @@ WORKDIR /app
 COPY --chown=keyshift:keyshift examples/ /app/examples/
 
 # Defaults match the service names in docker-compose.yml; override with -e.
+# The operations endpoint (/metrics, /healthz, /readyz) listens on port 9400 of
+# the container's own network namespace, so that probes and Prometheus reach it.
 ENV KEYSHIFT_BROKERS=kafka:9092 \
-    KEYSHIFT_STATE=redis://redis:6379/0
+    KEYSHIFT_STATE=redis://redis:6379/0 \
+    KEYSHIFT_METRICS_PORT=9400 \
+    KEYSHIFT_METRICS_HOST=0.0.0.0
+EXPOSE 9400
 
 USER keyshift
 
-# Placeholder: only proves the CLI starts. A later issue replaces this with a
-# real health endpoint served by the worker.
-HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
-    CMD ["keyshift", "--version"]
+# Healthy while the worker's processing loop turns (or it restores state); a
+# 503 (stuck loop, failed worker) or no answer fails the check.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9400/healthz', timeout=4)"]
 
 ENTRYPOINT ["keyshift", "worker"]
 CMD ["examples.wordcount:app"]

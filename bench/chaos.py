@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import faulthandler
 import logging
 import os
 import random
@@ -1466,6 +1467,7 @@ def report(
 
 
 def main(argv: list[str] | None = None) -> int:
+    faulthandler.enable()  # a crash in a client library leaves its Python stacks
     opts = parse_args(argv)
     logging.basicConfig(
         level=logging.INFO,

@@ -91,6 +91,23 @@ def _positive_int(setting: str, value: Any) -> int:
     return number
 
 
+def _port(setting: str, value: Any) -> int | None:
+    """A TCP port (0: any free one), or None when not given (the endpoint is off)."""
+    if value is None or value == "":
+        return None
+    number = _integer(setting, value)
+    if not 0 <= number <= 65535:
+        raise ConfigError(setting, f"must be a TCP port (0-65535), got {number}")
+    return number
+
+
+def _host(setting: str, value: Any) -> str:
+    host = str(value).strip()
+    if not host:
+        raise ConfigError(setting, "no address given")
+    return host
+
+
 def _share(setting: str, value: Any) -> float:
     try:
         number = float(value)
@@ -182,6 +199,15 @@ def _peers(value: Any) -> tuple[str, ...]:
     return peers
 
 
+def _replication_factor(value: Any) -> int:
+    number = _integer("replication_factor", value)
+    if number == 0 or number < -1:
+        raise ConfigError(
+            "replication_factor", f"must be -1 (the broker's default) or >= 1, got {number}"
+        )
+    return number
+
+
 def _check_kafka(kafka: Mapping[str, str]) -> None:
     for name in kafka:
         instead = KEYSHIFT_OWNED_KAFKA.get(name)
@@ -251,8 +277,25 @@ class Settings:
         peers: Redis URLs, with credentials, of other instances' state, used to
             transfer state directly (env ``KEYSHIFT_PEERS``, comma-separated).
             Published locations never carry secrets; they are matched against these.
+        metrics_port: the port of the worker's operations endpoint: Prometheus
+            ``/metrics``, ``/healthz`` and ``/readyz`` (env ``KEYSHIFT_METRICS_PORT``;
+            off when not given; 0 picks a free port).
+        metrics_host: the address that endpoint binds (env ``KEYSHIFT_METRICS_HOST``;
+            default 127.0.0.1: a container sets 0.0.0.0 so that its
+            orchestrator's probes reach it).
         kafka: extra librdkafka settings passed to every client (SASL/SSL, ...); not
             those in :data:`KEYSHIFT_OWNED_KAFKA`, which keyshift sets itself.
+        create_topics: whether a worker creates the topics the app needs that are
+            missing (internal topics and sinks). On by default, for the sandbox;
+            off in a cluster whose topics are set up ahead of a deployment
+            (``keyshift topics apply``): a worker then fails at start, listing the
+            missing topics (env ``KEYSHIFT_CREATE_TOPICS``).
+        replication_factor: replication factor of the topics keyshift creates, and
+            the least a worker and ``keyshift topics validate`` accept on the app's
+            topics; -1 (the default) leaves it to the broker's
+            ``default.replication.factor`` and accepts any. At 2 or more, keyshift's
+            own topics also get ``min.insync.replicas``, one less, at most 2
+            (env ``KEYSHIFT_REPLICATION_FACTOR``).
     """
 
     app_id: str
@@ -269,7 +312,11 @@ class Settings:
     cache_max_entries: int = 200_000
     copy_share: float = 1.0
     peers: tuple[str, ...] = ()
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
     kafka: Mapping[str, str] = field(default_factory=dict)
+    create_topics: bool = True
+    replication_factor: int = -1
 
     @classmethod
     def build(cls, app_id: str, **given: Any) -> Settings:
@@ -334,7 +381,11 @@ class Settings:
             ),
             copy_share=_share("copy_share", pick("copy_share", 1.0)),
             peers=_peers(pick("peers", ())),
+            metrics_port=_port("metrics_port", pick("metrics_port", None)),
+            metrics_host=_host("metrics_host", pick("metrics_host", "127.0.0.1")),
             kafka=kafka,
+            create_topics=_bool("create_topics", pick("create_topics", True)),
+            replication_factor=_replication_factor(pick("replication_factor", -1)),
         )
 
     @property

@@ -24,4 +24,5 @@ def load_app(ref: str) -> App:
     app = getattr(module, attr, None)
     if not isinstance(app, App):
         raise click.BadParameter(f"{ref!r} is not a keyshift App (got {type(app).__name__})")
+    app.topology.app_ref = ref
     return app

@@ -12,12 +12,11 @@ from confluent_kafka.admin import AdminClient
 
 from keyshift.config import Settings
 from keyshift.errors import BrokerError
-from keyshift.migrations.locations import BadLocation, Location, parse_record
 from keyshift.operators.topology import Topology
+from keyshift.orchestration.placement import connectable, latest_locations
 from keyshift.runtime.kafka import read_topic
 from keyshift.state.base import Store
 from keyshift.state.factory import open_store
-from keyshift.urls import redact
 
 
 @dataclass
@@ -45,47 +44,6 @@ class AppStatus:
 
 def _open(url: str) -> Store:
     return open_store(url, timeout_s=2.0)
-
-
-def latest_locations(
-    records: Iterable[tuple[bytes | None, bytes | None]],
-) -> tuple[dict[bytes, Location], int]:
-    """The current location per key of the locations topic's ``(key, value)``
-    records, in log order, and how many records were malformed.
-
-    Same rules as the workers' view (``LocationsView._apply``): a tombstone
-    removes the key; a malformed record is skipped and removes the key's
-    earlier location, which it supersedes.
-    """
-    latest: dict[bytes, Location] = {}
-    skipped = 0
-    for key, value in records:
-        try:
-            location = parse_record(key, value)
-        except BadLocation:
-            skipped += 1
-            if key is not None:
-                latest.pop(key, None)
-            continue
-        assert key is not None  # parse_record refuses a record without one
-        if location is None:
-            latest.pop(key, None)
-        else:
-            latest[key] = location
-    return latest, skipped
-
-
-def connectable(url: str, settings: Settings) -> str | None:
-    """The URL, with credentials, under which status may read a published
-    location's Redis: only this configuration's ``state`` or one of its
-    ``peers``, matched by their redacted form. A location names any server
-    its writer likes; status never connects to one it was not configured
-    with."""
-    known = {redact(u): u for u in (*settings.peers, settings.state)}
-    connect = known.get(url)
-    if connect is None or not connect.startswith(("redis://", "rediss://", "unix://")):
-        return None
-    return connect
 
 
 def summarize_locations(
@@ -134,8 +92,9 @@ def summarize_locations(
 
 
 def parse_events(values: Iterable[bytes | None]) -> list[dict[str, Any]]:
-    """The migration events among the events topic's record values, in order;
-    a value that is not a JSON object is skipped."""
+    """The migration events among the events topic's record values, in order; a
+    value that is not a JSON object, or is another kind of event (an autoscale
+    decision), is skipped."""
     events = []
     for value in values:
         if not value:
@@ -144,7 +103,7 @@ def parse_events(values: Iterable[bytes | None]) -> list[dict[str, Any]]:
             event = orjson.loads(value)
         except orjson.JSONDecodeError:
             continue
-        if isinstance(event, dict):
+        if isinstance(event, dict) and event.get("kind", "migration") == "migration":
             events.append(event)
     return events
 

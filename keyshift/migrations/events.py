@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import orjson
@@ -86,13 +87,21 @@ class MigrationEvent:
 
 
 class EventLog:
-    """Publishes migration events."""
+    """Publishes migration events; ``on_emit`` is also told of each (metrics)."""
 
-    def __init__(self, topic: str, producer: Producer) -> None:
+    def __init__(
+        self,
+        topic: str,
+        producer: Producer,
+        on_emit: Callable[[MigrationEvent], None] | None = None,
+    ) -> None:
         self.topic = topic
         self._producer = producer
+        self._on_emit = on_emit
 
     def emit(self, event: MigrationEvent) -> None:
+        if self._on_emit is not None:
+            self._on_emit(event)
         event.emitted = True
         doc = event.to_dict()
         log.info("migration", extra={k: v for k, v in doc.items() if v is not None})

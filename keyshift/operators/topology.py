@@ -66,6 +66,9 @@ class Topology:
         self.subtopologies: list[SubTopology] = []
         self._store_owner: dict[str, SubTopology] = {}
         self._keyby_count = 0
+        #: ``MODULE:APP`` the app was loaded from (set by the CLI), for the
+        #: commands that error messages name; None when not known.
+        self.app_ref: str | None = None
 
     def add_source(
         self,
@@ -128,6 +131,10 @@ class Topology:
     @property
     def control_topic(self) -> str:
         return self.internal_topic("control")
+
+    @property
+    def rates_topic(self) -> str:
+        return self.internal_topic("rates")
 
     def store_names(self) -> list[str]:
         return list(self._store_owner)

@@ -36,6 +36,7 @@ from keyshift.runtime.kafka import (
 from keyshift.runtime.metrics import Metrics
 from keyshift.runtime.producer import RecordProducer, client_errors
 from keyshift.runtime.tasks import TaskManager
+from keyshift.runtime.topic_plan import state_partitions
 from keyshift.runtime.topics import TopicManager
 from keyshift.runtime.watchdog import WATCHDOG
 from keyshift.state.base import Store
@@ -80,9 +81,7 @@ def assemble(
 ) -> Parts:
     """Check and create the app's topics, make every client, open the state."""
     topics = TopicManager(settings, clients.admin)
-    existing = topics.partition_counts()
-    _, specs = topics.plan(topology, existing)
-    topics.ensure(specs, existing)
+    plan = topics.prepare(topology)
     store = clients.store(settings.state)
     store.ping()
     control = clients.producer(control_producer_config(settings))
@@ -125,7 +124,13 @@ def assemble(
         sources=clients.store,
     )
     migrations = MigrationTracker(
-        restorer, EventLog(topology.events_topic, control), copy_share=settings.copy_share
+        restorer,
+        EventLog(
+            topology.events_topic,
+            control,
+            on_emit=lambda e: metrics.observe_migration(e.strategy, e.pause_ms, e.duration_ms),
+        ),
+        copy_share=settings.copy_share,
     )
     session_ms = group_timeouts(settings)[0]
     tasks = TaskManager(
@@ -136,6 +141,7 @@ def assemble(
         migrations=migrations,
         raise_on_error=settings.on_error == "raise",
         fenced_limit_s=2 * session_ms / 1000,
+        state_partitions=state_partitions(topology, plan),
     )
     if settings.group_protocol == "consumer":
         _apply_group_configs(topics.admin, settings)

@@ -164,6 +164,7 @@ class Committer:
         self.metrics.commits += 1
         self.metrics.commit_seconds += took
         self.metrics.commit_max_seconds = max(self.metrics.commit_max_seconds, took)
+        self.metrics.commit_durations.observe(took)
         self.tasks.update_lag(self._high_watermark)
 
     def _produce_changes(self, tasks: list[Task]) -> list[_Pending]:

@@ -260,6 +260,7 @@ class RecordProducer:
         else:
             self.send(topic, value, key, timestamp=timestamp)
         self.metrics.records_out += 1
+        self.metrics.records_out_by_topic[topic] += 1
 
     def send_changes(
         self,
@@ -288,6 +289,7 @@ class RecordProducer:
     def dead_letter(self, msg: Message, stage: str, exc: BaseException) -> None:
         """Send an input record that could not be processed to the dead-letter topic."""
         reason = f"{type(exc).__name__}: {exc}"
+        sent_before = self.metrics.dead_letters
         self._dead_letter(
             msg.key(),
             msg.value(),
@@ -299,6 +301,8 @@ class RecordProducer:
                 ("ks.offset", str(msg.offset()).encode()),
             ],
         )
+        if self.metrics.dead_letters > sent_before:
+            self.metrics.dead_letters_by_topic[msg.topic() or ""] += 1
         log.warning(
             "record sent to the dead-letter topic",
             extra={

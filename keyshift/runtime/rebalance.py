@@ -150,13 +150,17 @@ class RebalanceListener:
             )
             return
         started = time.monotonic()
+        self.metrics.rebalances += 1
         if partitions:
             self.readiness.rebalanced()
+        self.metrics.restoring = True
         try:
             assigned, laps = self._restore_all(consumer, partitions, started)
         except KeyshiftError:
             log.exception("restoring assigned tasks failed")
             raise
+        finally:
+            self.metrics.restoring = False
         if not assigned:
             consumer.incremental_assign([])  # an empty assignment is answered too
         log.info(
@@ -174,6 +178,7 @@ class RebalanceListener:
     ) -> tuple[list[TopicPartition], dict[str, float]]:
         """Restore every assigned task, assigning each partition as soon as its own
         restore is done (its first fetch overlaps the others' restores)."""
+        self.tasks.check_assigned(partitions)
         assigned_ms = now_ms()
         ends: dict[tuple[str, int], int] = {}
         changelog = self.topology.changelog_topic

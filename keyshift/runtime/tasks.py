@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from confluent_kafka import KafkaError, Message, TopicPartition
 
-from keyshift.errors import BrokerError, StateLostError
+from keyshift.errors import BrokerError, StateLostError, TopologyError
 from keyshift.migrations.events import now_ms
 from keyshift.migrations.tracker import MigrationTracker
 from keyshift.operators.topology import SubTopology
@@ -25,6 +25,7 @@ from keyshift.runtime.metrics import Metrics
 from keyshift.runtime.producer import RecordProducer
 from keyshift.runtime.reaper import Reaper
 from keyshift.runtime.task import Task
+from keyshift.runtime.topic_plan import source_expanded
 from keyshift.state.table import Table, read_owner_epochs
 
 log = logging.getLogger("keyshift.tasks")
@@ -46,6 +47,8 @@ class TaskManager:
         migrations: the worker's in-flight migrations (told when tasks go).
         raise_on_error: ``on_error="raise"``.
         fenced_limit_s: how long a fenced task's partition may stay assigned.
+        state_partitions: per input topic of a stateful sub-topology, how many
+            partitions its stores' changelogs have (see :meth:`check_assigned`).
     """
 
     def __init__(
@@ -58,6 +61,7 @@ class TaskManager:
         migrations: MigrationTracker | None = None,
         raise_on_error: bool = False,
         fenced_limit_s: float = 20.0,
+        state_partitions: Mapping[str, int] | None = None,
     ) -> None:
         self.subs = subs
         self.records = records
@@ -65,6 +69,7 @@ class TaskManager:
         self.migrations = migrations
         self.raise_on_error = raise_on_error
         self.fenced_limit_s = fenced_limit_s
+        self.state_partitions = dict(state_partitions or {})
         self._pause = pause
         self.tasks: dict[TaskKey, Task] = {}
         self.reaper = Reaper()
@@ -79,6 +84,19 @@ class TaskManager:
 
     def items(self) -> list[tuple[TaskKey, Task]]:
         return list(self.tasks.items())
+
+    def check_assigned(self, partitions: Iterable[TopicPartition]) -> None:
+        """Refuse partitions that have no state partition: the input topic was
+        expanded under the app, and its keys now hash to other partitions than
+        their state.
+
+        Raises:
+            TopologyError: a partition is at or beyond its stores' changelog count.
+        """
+        for tp in partitions:
+            count = self.state_partitions.get(tp.topic)
+            if count is not None and tp.partition >= count:
+                raise TopologyError(source_expanded(tp.topic, tp.partition, count))
 
     # -- opening and dropping ------------------------------------------------------------
     def open(self, topic: str, partition: int, tables: dict[str, Table]) -> Task:
@@ -229,6 +247,8 @@ class TaskManager:
                 },
             )
         self.metrics.records_in += len(group)
+        self.metrics.records_in_by_topic[task.topic] += len(group)
+        self.metrics.records_in_by_task[f"{task.topic}[{task.partition}]"] += len(group)
         self.metrics.duplicates_dropped += task.duplicates - before
 
     def update_lag(self, high_watermark: Callable[[str, int], int | None]) -> None:

@@ -24,7 +24,7 @@ from collections.abc import Collection
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from keyshift.config import Settings
-from keyshift.errors import BrokerError, TransactionAbortable
+from keyshift.errors import BrokerError, ConfigError, TransactionAbortable
 from keyshift.operators.topology import Topology
 from keyshift.polling import consume_available
 from keyshift.runtime.assembly import Parts, assemble
@@ -32,6 +32,8 @@ from keyshift.runtime.clients import KAFKA, Clients
 from keyshift.runtime.coordinator import Request
 from keyshift.runtime.kafka import group_timeouts, open_transaction_wait_s
 from keyshift.runtime.metrics import GcClock, Metrics
+from keyshift.runtime.ops import OpsServer
+from keyshift.runtime.rates import RateReporter
 from keyshift.runtime.rebalance import SMALL_BATCH, Closing, Readiness, RebalanceListener
 from keyshift.runtime.task import Task
 from keyshift.runtime.watchdog import WATCHDOG
@@ -90,6 +92,9 @@ class Worker:
         self._readiness = Readiness()
         self._closing: Closing | None = None
         self._batch_done = 0.0  # when the last batch was processed
+        #: The operations endpoint's port while it serves (see ``metrics_port``).
+        self.ops_port: int | None = None
+        self._rates: RateReporter | None = None
 
     # -- state -------------------------------------------------------------------------
     @property
@@ -123,14 +128,45 @@ class Worker:
         self._stop.set()
 
     def run(self) -> None:
+        """Start, loop until stopped, close; with ``metrics_port`` set, serve the
+        operations endpoint (:mod:`keyshift.runtime.ops`) meanwhile."""
+        ops = self._serve_ops()
         try:
-            self.start()
-            self.loop()
-        except BaseException:
-            self._fail()
-            raise
+            try:
+                self.start()
+                self.loop()
+            except BaseException:
+                self._fail()
+                raise
+            finally:
+                self.close()
         finally:
-            self.close()
+            if ops is not None:
+                ops.stop()
+
+    def _serve_ops(self) -> OpsServer | None:
+        settings = self.settings
+        if settings.metrics_port is None:
+            return None
+        try:
+            server = OpsServer(
+                self.metrics,
+                lambda: self._state.value,
+                host=settings.metrics_host,
+                port=settings.metrics_port,
+                info={
+                    "app": settings.app_id,
+                    "instance": self.instance,
+                    "guarantee": settings.guarantee,
+                },
+            )
+        except OSError as exc:
+            raise ConfigError(
+                "metrics_port",
+                f"cannot listen on {settings.metrics_host}:{settings.metrics_port}: {exc}",
+            ) from exc
+        self.ops_port = server.port
+        return server.start()
 
     def _fail(self) -> None:
         if self._state not in (WorkerState.FAILED, WorkerState.STOPPED):
@@ -157,6 +193,13 @@ class Worker:
                 "session timeout; use static_membership=false or the classic protocol"
             )
         self._stall_s = group_timeouts(settings)[0] / 2000
+        self._rates = RateReporter(
+            self.topology.rates_topic,
+            parts.control_producer,
+            instance=self.instance,
+            incarnation=parts.coordinator.me,
+            counts=self._source_counts,
+        )
         self._warm_up(parts)
         self._to(WorkerState.JOINING)
         parts.coordinator.join(stopping=self._stop.is_set)
@@ -191,6 +234,15 @@ class Worker:
                 "guarantee": settings.guarantee,
                 "topics": ",".join(self.topology.by_topic()),
             },
+        )
+
+    def _source_counts(self) -> tuple[dict[str, int], float]:
+        """Source records taken per task so far, and busy seconds (rate reports)."""
+        sources = {s.topic for s in self.topology.subtopologies if not s.internal}
+        per_task = self.metrics.records_in_by_task
+        return (
+            {task: n for task, n in per_task.items() if task.rpartition("[")[0] in sources},
+            self.metrics.processing_seconds,
         )
 
     @property
@@ -256,7 +308,7 @@ class Worker:
         msgs = consume_available(
             parts.consumer, SMALL_BATCH if prepared else self.settings.batch_size, wait
         )
-        now = time.monotonic()
+        now = self.metrics.last_turn = time.monotonic()
         if now - last > self._stall_s:
             self._verify_ownership(parts, now - last)
         if msgs:
@@ -266,6 +318,8 @@ class Worker:
         else:
             migrations.copying = False
         parts.records.poll()
+        if self._rates is not None:
+            self._rates.tick()
         if parts.tasks.reaper:
             parts.tasks.reaper.reap()
         if parts.tasks.fenced:

@@ -188,6 +188,13 @@ def test_events_that_are_not_json_objects_are_skipped() -> None:
     assert parse_events(values) == [event]
 
 
+def test_autoscale_decisions_on_the_events_topic_are_not_migrations() -> None:
+    migration = {"task": "counts[0]", "strategy": "progressive"}
+    decision = {"kind": "autoscale", "policy": "ds2", "instances": 3, "reason": "load"}
+    values = [orjson.dumps(decision), orjson.dumps(migration)]
+    assert parse_events(values) == [migration]
+
+
 # -- render / to_dict --------------------------------------------------------------------
 
 

@@ -244,3 +244,21 @@ def test_expand_defaults() -> None:
     assert expand_defaults("${A-b}") == "b"
     assert expand_defaults("${A}") == ""
     assert expand_defaults("plain") == "plain"
+
+
+def test_the_image_health_check_probes_the_workers_endpoint() -> None:
+    env = dockerfile_env()
+    settings = Settings.build(
+        "x",
+        metrics_port=env["KEYSHIFT_METRICS_PORT"],
+        metrics_host=env["KEYSHIFT_METRICS_HOST"],
+    )
+    assert settings.metrics_host == "0.0.0.0"  # reachable inside the container's namespace
+    checks = [args for kw, args in dockerfile_instructions() if kw == "HEALTHCHECK"]
+    assert checks, "no HEALTHCHECK in the final stage"
+    assert f"127.0.0.1:{settings.metrics_port}/healthz" in checks[-1]
+
+
+def test_compose_workers_serve_the_endpoint_the_image_probes(worker_env: dict[str, str]) -> None:
+    assert worker_env["KEYSHIFT_METRICS_PORT"] == dockerfile_env()["KEYSHIFT_METRICS_PORT"]
+    assert worker_env["KEYSHIFT_METRICS_HOST"] == "0.0.0.0"

@@ -61,3 +61,17 @@ def test_the_config_map_is_a_valid_keyshift_configuration(
     monkeypatch.setenv("KEYSHIFT_INSTANCE_ID", "keyshift-worker-0")
     settings = Settings.build("wordcount")
     assert settings.group_protocol == "consumer" and not settings.static_membership
+
+
+def test_worker_probes_and_scrape_use_the_operations_endpoint() -> None:
+    template = by_kind("StatefulSet", "keyshift-worker")["spec"]["template"]
+    (worker,) = template["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in worker["env"]}
+    ports = {p["name"]: p["containerPort"] for p in worker["ports"]}
+    assert int(env["KEYSHIFT_METRICS_PORT"]) == ports["ops"]
+    assert env["KEYSHIFT_METRICS_HOST"] == "0.0.0.0"
+    assert worker["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "ops"}
+    assert worker["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "ops"}
+    annotations = template["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(ports["ops"])
+    assert annotations["prometheus.io/path"] == "/metrics"
