@@ -36,7 +36,7 @@ from functools import partial
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from keyshift.config import Settings, transaction_timeout_ms
+from keyshift.config import Settings
 from keyshift.errors import BrokerError, FencedError, TransactionAbortable
 from keyshift.operators.topology import Topology
 from keyshift.runtime.metrics import Metrics
@@ -44,7 +44,6 @@ from keyshift.runtime.producer import (
     PURGED,
     RecordProducer,
     client_errors,
-    fenced_error,
     producer_fenced,
     requires_abort,
 )
@@ -93,9 +92,6 @@ class Committer:
         self.producer = producer
         self.records = records
         self.watchdog = watchdog
-        self._transaction_timeout_s = transaction_timeout_ms(settings.kafka) / 1000
-        #: When the open transaction began (the first one began as the worker started).
-        self._transaction_began = time.monotonic()
         self.consumer = consumer
         self.tasks = tasks
         self.topology = topology
@@ -261,15 +257,10 @@ class Committer:
 
     def _begin_transaction(self) -> None:
         self.producer.begin_transaction()
-        self._transaction_began = time.monotonic()
+        self.records.transaction_began()
 
     def _fenced(self, exc: KafkaException) -> Exception:
-        return fenced_error(
-            str(self.records.producer_config.get("transactional.id")),
-            exc,
-            open_s=time.monotonic() - self._transaction_began,
-            timeout_s=self._transaction_timeout_s,
-        )
+        return self.records.fenced(exc)
 
     def _write_store(self, pending: list[_Pending]) -> None:
         """Every table's changes and stamp, in one round trip per Redis server."""

@@ -22,12 +22,14 @@ are settled by :meth:`RecordProducer.settle` before a commit writes its markers.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from keyshift.config import DEFAULT_TRANSACTION_TIMEOUT_MS
 from keyshift.errors import BrokerError, InstanceConflict, RecordRejected, TransactionAbortable
 from keyshift.runtime.metrics import Metrics
 
@@ -149,6 +151,7 @@ class RecordProducer:
         max_bytes: per topic, the largest record (key, value and headers) it takes.
         default_max_bytes: the limit for topics not in ``max_bytes``.
         factory: makes the Kafka producer from its configuration (tests pass a fake).
+        clock: monotonic time (tests).
     """
 
     def __init__(
@@ -162,8 +165,10 @@ class RecordProducer:
         max_bytes: Mapping[str, int] | None = None,
         default_max_bytes: int = DEFAULT_MESSAGE_MAX_BYTES - RECORD_OVERHEAD,
         factory: Callable[[dict[str, object]], Producer] = Producer,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.metrics = metrics
+        self._clock = clock
         self.dlq_topic = dlq_topic
         self.app_id = app_id
         self.transactional = transactional
@@ -175,6 +180,26 @@ class RecordProducer:
             config = {**config, "on_delivery": self.on_delivery}
         self.producer_config = config
         self.producer = factory(config)
+        #: Exactly-once: when the open transaction's first record was sent (the
+        #: transaction starts at its coordinator then, and its timeout runs).
+        self.sending_since: float | None = None
+        self._transaction_timeout_s = (
+            int(str(config.get("transaction.timeout.ms", DEFAULT_TRANSACTION_TIMEOUT_MS))) / 1000
+        )
+
+    def transaction_began(self) -> None:
+        """A new transaction began: nothing of it is at the coordinator yet."""
+        self.sending_since = None
+
+    def fenced(self, exc: KafkaException) -> InstanceConflict | BrokerError:
+        """The error for this producer fenced with ``exc`` (see :func:`fenced_error`)."""
+        open_s = 0.0 if self.sending_since is None else self._clock() - self.sending_since
+        return fenced_error(
+            str(self.producer_config.get("transactional.id")),
+            exc,
+            open_s=open_s,
+            timeout_s=self._transaction_timeout_s,
+        )
 
     # -- delivery reports ----------------------------------------------------------
     def on_delivery(self, err: KafkaError | None, msg: Message) -> None:
@@ -200,7 +225,7 @@ class RecordProducer:
                 self.producer.poll(timeout_s)
         except KafkaException as exc:
             if producer_fenced(exc):
-                raise fenced_error(str(self.producer_config.get("transactional.id")), exc) from exc
+                raise self.fenced(exc) from exc
             raise BrokerError(f"producer failed: {exc}") from exc
 
     def limit(self, topic: str) -> int:
@@ -215,6 +240,8 @@ class RecordProducer:
             TransactionAbortable: exactly-once, the open transaction has failed.
             BrokerError: any other failure (not the record's fault).
         """
+        if self.sending_since is None:
+            self.sending_since = self._clock()
         while True:
             try:
                 self.producer.produce(topic, value, key, **kwargs)
@@ -229,7 +256,7 @@ class RecordProducer:
         if isinstance(err, KafkaError) and is_record_fault(err):
             return RecordRejected(f"{topic} refused the record: {err.str()}")
         if self.transactional and producer_fenced(exc):
-            return fenced_error(str(self.producer_config.get("transactional.id")), exc)
+            return self.fenced(exc)
         if self.transactional and transaction_failed(exc):
             return TransactionAbortable(f"cannot produce to {topic}: {exc}")
         return BrokerError(f"cannot produce to {topic}: {exc}")
@@ -275,6 +302,8 @@ class RecordProducer:
         first record."""
         produce = self.producer.produce
         items = iter(records.items())
+        if self.sending_since is None and records:
+            self.sending_since = self._clock()
         if on_first is not None:
             for key, value in items:
                 self.send(topic, value, key, partition=partition, on_delivery=on_first)
@@ -403,7 +432,7 @@ class RecordProducer:
                 left = self.producer.flush(timeout_s)
         except KafkaException as exc:
             if self.transactional and producer_fenced(exc):
-                raise fenced_error(str(self.producer_config.get("transactional.id")), exc) from exc
+                raise self.fenced(exc) from exc
             raise BrokerError(f"producer failed: {exc}") from exc
         if left:
             raise BrokerError(f"{left} records not delivered within {timeout_s:.0f}s")
