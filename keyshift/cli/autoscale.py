@@ -15,8 +15,21 @@ from keyshift.runtime.kafka import control_producer_config
 
 @click.command()
 @click.argument("app_ref", metavar="MODULE:APP")
-@click.option("--min", "minimum", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--max", "maximum", type=click.IntRange(min=1), required=True)
+@click.option(
+    "--min",
+    "minimum",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Fewest instances.",
+)
+@click.option(
+    "--max",
+    "maximum",
+    type=click.IntRange(min=1),
+    required=True,
+    help="Most instances (the source partitions cap it too).",
+)
 @click.option(
     "--backend",
     type=click.Choice(["local", "compose", "kubernetes"]),
@@ -87,7 +100,11 @@ def autoscale(
     after a change waits until the moved tasks run again before it decides
     anew. Runs until interrupted (or --steps).
 
-    Example: keyshift autoscale examples.wordcount:app --min 1 --max 6 --backend local
+    \b
+    Examples:
+      keyshift autoscale examples.wordcount:app --min 1 --max 6
+      keyshift autoscale examples.wordcount:app --max 12 --policy lag --lag-threshold 5000
+      keyshift autoscale examples.wordcount:app --max 12 --backend kubernetes --dry-run
     """
     if maximum < minimum:
         raise click.BadParameter(f"--max {maximum} is below --min {minimum}")
