@@ -34,12 +34,25 @@ class Observation:
     instances: int
     #: Partitions of the source topics: the most instances that get a task.
     partitions: int
-    #: Records per second arriving at the source topics.
+    #: Records per second arriving at the source topics (over the whole window).
     arrival_rate: float
     #: Records one instance processes per busy second (0: not measured yet).
     processing_rate: float
     #: Records in the sources not processed yet (the group's lag).
     backlog: int
+    #: The arrival rates over the window's first two thirds and its last third
+    #: (None: not measured): far apart, the load is changing right now.
+    arrival_trend: tuple[float, float] | None = None
+
+    def load_changing(self, tolerance: float) -> bool:
+        """Whether the window's two parts saw arrival rates more than
+        ``tolerance`` (a share of the larger) apart."""
+        if self.arrival_trend is None:
+            return False
+        before, now = self.arrival_trend
+        if max(before, now) <= 0:
+            return False
+        return abs(now - before) > tolerance * max(before, now)
 
     def utilization(self, instances: int | None = None) -> float | None:
         """The busy share ``instances`` would have at the arrival rate (None: no rate)."""
@@ -100,6 +113,10 @@ class DS2Policy:
             arrival rate).
         band: no change while the current count's utilization is within this
             much of the target and nothing is backlogged beyond one drain bound.
+        steady: no change while the window's two parts saw arrival rates more
+            than this share apart (a load step or a burst is under way): the
+            next window measures the new load instead of a mix, so one
+            decision reaches it.
     """
 
     name = "ds2"
@@ -111,6 +128,7 @@ class DS2Policy:
         target_utilization: float = 0.7,
         drain_s: float = 60.0,
         band: float = 0.15,
+        steady: float = 0.25,
     ) -> None:
         if not 0 < target_utilization <= 1:
             raise ValueError(f"target utilization must be in (0, 1], got {target_utilization}")
@@ -118,6 +136,7 @@ class DS2Policy:
         self.target = target_utilization
         self.drain_s = drain_s
         self.band = band
+        self.steady = steady
 
     def decide(self, observation: Observation) -> Decision:
         o = observation
@@ -140,6 +159,15 @@ class DS2Policy:
         )
         if wanted == keep:
             return self._decision(keep, f"{what}: {keep} instances is the optimum", o)
+        if o.load_changing(self.steady):
+            assert o.arrival_trend is not None
+            earlier, recent = o.arrival_trend
+            return self._decision(
+                keep,
+                f"{what}: the arrival rate is changing ({earlier:.0f}/s, then {recent:.0f}/s "
+                f"in this window); measuring again",
+                o,
+            )
         if abs(load - self.target) <= self.band and drained:
             return self._decision(
                 keep,

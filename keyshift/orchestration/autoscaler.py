@@ -97,6 +97,8 @@ class JobProbe:
         self.window = RateWindow()
         self.migrations_seen_ms = 0
         self._last_ends: tuple[float, int] | None = None
+        self._earlier: float | None = None
+        self._window_start: tuple[float, int] | None = None
         self._unassigned = {
             topology.rates_topic: self._rates_reader,
             topology.events_topic: self._events_reader,
@@ -180,28 +182,48 @@ class JobProbe:
         committed = {(tp.topic, tp.partition): tp.offset for tp in answer.topic_partitions}
         return sum(max(0, end - max(committed.get(tp, 0), 0)) for tp, end in ends.items())
 
-    def mark(self) -> None:
-        """Start measuring the arrival rate from now (the sources' end offsets)."""
+    def _arrival(self, ends: dict[tuple[str, int], int]) -> float | None:
+        """Records/s arrived since the last sample of the end offsets (None: no
+        sample yet); this one becomes the last."""
+        now, total = time.monotonic(), sum(ends.values())
+        rate = None
+        if self._last_ends is not None and now > self._last_ends[0]:
+            rate = max(0.0, (total - self._last_ends[1]) / (now - self._last_ends[0]))
+        self._last_ends = (now, total)
+        return rate
+
+    def mark(self, *, start: bool = False) -> None:
+        """Sample the sources' end offsets: ``start`` begins a window; otherwise
+        the rate since the previous sample is the window's earlier rate."""
         ends = end_offsets(self.admin, self._partitions())
-        self._last_ends = (time.monotonic(), sum(ends.values()))
+        earlier = self._arrival(ends)
+        if start:
+            self._window_start = self._last_ends
+            self._earlier = None
+        else:
+            self._earlier = earlier
 
     def observe(self, rates_since_ms: int) -> Observation:
         """The job now: the arrival rate since :meth:`mark` (or the last observation),
         the true processing rate from the rate reports since ``rates_since_ms``."""
         partitions = self._partitions()
         ends = end_offsets(self.admin, partitions)
-        now, total = time.monotonic(), sum(ends.values())
-        arrival = 0.0
-        if self._last_ends is not None and now > self._last_ends[0]:
-            arrival = (total - self._last_ends[1]) / (now - self._last_ends[0])
-        self._last_ends = (now, total)
+        recent = self._arrival(ends)
+        whole = recent or 0.0
+        if self._window_start is not None and self._last_ends is not None:
+            (t0, n0), (t1, n1) = self._window_start, self._last_ends
+            whole = max(0.0, (n1 - n0) / (t1 - t0)) if t1 > t0 else whole
         self.poll()
+        trend = None
+        if self._earlier is not None and recent is not None:
+            trend = (self._earlier, recent)
         return Observation(
             instances=len(self.members()),
             partitions=len(partitions),
-            arrival_rate=max(0.0, arrival),
+            arrival_rate=whole,
             processing_rate=self.window.processing_rate(rates_since_ms),
             backlog=self._backlog(ends),
+            arrival_trend=trend,
         )
 
 
@@ -248,12 +270,14 @@ class Autoscaler:
     def step(self) -> Decision:
         """Observe, decide, publish; scale and settle when the decision changes the count.
 
-        The arrival rate is measured over the last third of the window (the
-        most recent load, not a mix across a load step); the processing rate
+        The arrival rate is measured over the window, and separately over its
+        first two thirds and its last third (a policy waits while those differ:
+        the load is changing, and the window mixes two loads); the processing rate
         over every report since the last change settled, at most a minute
         back (rates measured across a migration are never used).
         """
         tail = self.window_s / 3
+        self.probe.mark(start=True)
         self._sleep(self.window_s - tail)
         self.probe.mark()
         self._sleep(tail)

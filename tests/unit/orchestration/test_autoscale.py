@@ -80,10 +80,12 @@ def simulate(
             if t < next_decision:
                 continue
             window = arrived[-window_s:]
+            earlier, tail = window[: -window_s // 3], window[-window_s // 3 :]
             observation = Observation(
                 instances=instances,
                 partitions=PARTITIONS,
                 arrival_rate=sum(window) / len(window),
+                arrival_trend=(sum(earlier) / len(earlier), sum(tail) / len(tail)),
                 processing_rate=CAPACITY * (1 + rng.uniform(-noise / 2, noise / 2)),
                 backlog=int(backlog),
             )
@@ -155,3 +157,14 @@ def test_bounds_are_checked() -> None:
         Bounds(0, 3)
     with pytest.raises(ValueError, match="min"):
         Bounds(4, 3)
+
+
+def test_ds2_measures_again_while_the_load_is_changing() -> None:
+    policy = DS2Policy(Bounds(1, 12))
+    stepping = Observation(1, 12, 1200.0, 1000.0, 0, arrival_trend=(400.0, 2800.0))
+    decided = policy.decide(stepping)
+    assert decided.instances == 1 and "changing" in decided.reason
+    steady = Observation(1, 12, 1200.0, 1000.0, 0, arrival_trend=(1150.0, 1250.0))
+    assert policy.decide(steady).instances == 2
+    # The lag rule has no such notion.
+    assert LagPolicy(Bounds(1, 12)).decide(stepping).instances == 1
