@@ -6,6 +6,7 @@ import click
 from confluent_kafka import Producer
 
 from keyshift.cli.loader import load_app
+from keyshift.cli.run import BACKEND, NAME
 from keyshift.errors import KeyshiftError
 from keyshift.orchestration.autoscale import Bounds, DS2Policy, LagPolicy, Policy
 from keyshift.orchestration.autoscaler import Autoscaler, JobProbe
@@ -30,16 +31,8 @@ from keyshift.runtime.kafka import control_producer_config
     required=True,
     help="Most instances (the source partitions cap it too).",
 )
-@click.option(
-    "--backend",
-    type=click.Choice(["local", "compose", "kubernetes"]),
-    default="local",
-    show_default=True,
-    help="What runs the instances (as for keyshift scale).",
-)
-@click.option(
-    "--name", help="Compose service [worker] or Kubernetes StatefulSet [the app id] to scale."
-)
+@BACKEND
+@NAME
 @click.option(
     "--policy",
     type=click.Choice(["ds2", "lag"]),

@@ -15,6 +15,20 @@ from keyshift.logs import setup_logging
 from keyshift.orchestration.scaling import Backend, apply_scale, plan_scale
 from keyshift.orchestration.supervisor import Supervisor
 
+#: The scaling backend and the name of what it scales: `scale` and `autoscale`.
+BACKEND = click.option(
+    "--backend",
+    type=click.Choice(["local", "compose", "kubernetes"]),
+    default="local",
+    show_default=True,
+    help="What runs the instances.",
+)
+NAME = click.option(
+    "--name",
+    "name",
+    help="Compose service [worker] or Kubernetes StatefulSet [the app id] to scale.",
+)
+
 
 def _passthrough(**flags: object) -> list[str]:
     args: list[str] = []
@@ -99,18 +113,8 @@ def run(
     required=True,
     help="Wanted number of instances.",
 )
-@click.option(
-    "--backend",
-    type=click.Choice(["local", "compose", "kubernetes"]),
-    default="local",
-    show_default=True,
-    help="What runs the instances.",
-)
-@click.option(
-    "--name",
-    "name",
-    help="Compose service [worker] or Kubernetes StatefulSet [the app id] to scale.",
-)
+@BACKEND
+@NAME
 @click.option("--dry-run", is_flag=True, help="Print what would be done instead of doing it.")
 def scale(app_ref: str, instances: int, backend: Backend, name: str | None, dry_run: bool) -> None:
     """Change the number of running instances of MODULE:APP.
