@@ -7,7 +7,8 @@ a task each; revoked ones are committed and dropped; lost ones (exactly-once)
 abort the open transaction. Both revocation callbacks unassign themselves,
 even when they fail: the client library's fallback asks librdkafka for the
 rebalance protocol from inside the callback, which can hang while the consumer
-closes (confluentinc/librdkafka#4041).
+closes (confluentinc/librdkafka#4041). After each callback the fetchers of the
+partitions the worker keeps are woken (:mod:`keyshift.runtime.fetch_wake`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from keyshift.migrations.locations import LocationsView
 from keyshift.migrations.tracker import MigrationTracker
 from keyshift.operators.topology import SubTopology, Topology
 from keyshift.runtime.committer import Committer
+from keyshift.runtime.fetch_wake import wake_fetchers
 from keyshift.runtime.kafka import end_offsets, stable_end_offsets
 from keyshift.runtime.metrics import Metrics
 from keyshift.runtime.tasks import TaskManager
@@ -163,12 +165,14 @@ class RebalanceListener:
             self.metrics.restoring = False
         if not assigned:
             consumer.incremental_assign([])  # an empty assignment is answered too
+        woken = wake_fetchers(consumer, partitions, self.admin)
         log.info(
             "partitions assigned",
             extra={
                 "instance": self.instance,
                 "partitions": ",".join(f"{t.topic}[{t.partition}]@{t.offset}" for t in assigned),
                 "seconds": round(time.monotonic() - started, 3),
+                "woken_brokers": woken,
                 **laps,
             },
         )
@@ -283,3 +287,4 @@ class RebalanceListener:
         if paused:
             consumer.resume(paused)
         consumer.incremental_unassign(partitions)
+        wake_fetchers(consumer, partitions, self.admin)
