@@ -69,13 +69,17 @@ def kept_partitions(
 
 
 def one_per_leader(
-    metadata: MetadataSource, partitions: list[TopicPartition], timeout_s: float
+    metadata: MetadataSource, partitions: list[TopicPartition], deadline: float
 ) -> list[TopicPartition]:
     """One of ``partitions`` per leader broker (all of them where the metadata
-    does not name a leader)."""
+    does not name a leader); topics not looked up by ``deadline`` (monotonic)
+    are left out."""
     chosen: dict[object, TopicPartition] = {}
     for topic in sorted({tp.topic for tp in partitions}):
-        meta = metadata.list_topics(topic, timeout=timeout_s).topics.get(topic)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        meta = metadata.list_topics(topic, timeout=left).topics.get(topic)
         for tp in partitions:
             if tp.topic != topic:
                 continue
@@ -106,7 +110,7 @@ def wake_fetchers(
     deadline = time.monotonic() + budget_s
     woken = 0
     try:
-        for tp in one_per_leader(metadata, kept, budget_s):
+        for tp in one_per_leader(metadata, kept, deadline):
             left = deadline - time.monotonic()
             if left <= 0:
                 break

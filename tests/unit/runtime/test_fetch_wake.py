@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from keyshift.runtime.fetch_wake import kept_partitions, wake_fetchers
+from keyshift.runtime.fetch_wake import kept_partitions, one_per_leader, wake_fetchers
 
 pytestmark = pytest.mark.unit
 
@@ -100,3 +101,11 @@ def test_the_budget_bounds_the_wake() -> None:
     consumer = RecordingConsumer(list(leaders), leaders)
     assert wake_fetchers(consumer, [], consumer, budget_s=0.0) == 0
     assert consumer.queried == []
+
+
+def test_topics_looked_up_after_the_budget_are_left_out() -> None:
+    leaders = {("a", 0): 1, ("b", 0): 2}
+    consumer = RecordingConsumer(list(leaders), leaders)
+    assert one_per_leader(consumer, consumer.assignment(), time.monotonic() - 1) == []
+    chosen = one_per_leader(consumer, consumer.assignment(), time.monotonic() + 10)
+    assert [(tp.topic, tp.partition) for tp in chosen] == [("a", 0), ("b", 0)]
