@@ -1,5 +1,7 @@
 """``keyshift state export|import``: a store's keys and values as JSON lines (the
-logic and the line format are in :mod:`keyshift.orchestration.state_io`)."""
+line format, export and import are in :mod:`keyshift.orchestration.state_lines`,
+:mod:`~keyshift.orchestration.state_export` and
+:mod:`~keyshift.orchestration.state_import`)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,8 @@ import click
 
 from keyshift.cli.loader import load_app
 from keyshift.errors import KeyshiftError
-from keyshift.orchestration.state_io import PARTITIONERS, export_store, import_store
+from keyshift.orchestration.state_export import export_store
+from keyshift.orchestration.state_import import PARTITIONERS, import_store
 
 
 def _progress(line: str) -> None:

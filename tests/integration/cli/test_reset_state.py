@@ -534,9 +534,10 @@ def test_long_runs_report_progress(
     """Export, import and the deletion of a reset report progress on the way
     (here after every batch, as they do every second on long runs)."""
     from keyshift import App
-    from keyshift.orchestration import reset, state_io
+    from keyshift.orchestration import reset, state_export, state_import
 
-    monkeypatch.setattr(state_io, "PROGRESS_EVERY_S", 0.0)
+    monkeypatch.setattr(state_export, "PROGRESS_EVERY_S", 0.0)
+    monkeypatch.setattr(state_import, "PROGRESS_EVERY_S", 0.0)
     monkeypatch.setattr(reset, "PROGRESS_EVERY_S", 0.0)
     app_id, source = unique("pg"), unique("sentences")
     create_topic(admin, source, 1)
@@ -547,14 +548,14 @@ def test_long_runs_report_progress(
         client.hset(f"ks:{{{app_id}:{STORE}:0}}:d", mapping={f"w{i}": str(i) for i in range(5000)})
         lines: list[bytes] = []
         seen: list[str] = []
-        stats = state_io.export_store(
+        stats = state_export.export_store(
             app.settings, app.topology, STORE, lines.append, progress=seen.append
         )
         assert stats.keys == 5000 and len(lines) == 5000
         assert any(line.startswith("exported ") and "keys (at counts[0])" in line for line in seen)
 
         seen.clear()
-        imported = state_io.import_store(
+        imported = state_import.import_store(
             app.settings, app.topology, STORE, lines, progress=seen.append, batch=1000
         )
         assert imported.records == 5000 and imported.partitions == {0}

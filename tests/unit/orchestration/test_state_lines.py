@@ -9,7 +9,7 @@ import random
 import orjson
 import pytest
 
-from keyshift.orchestration.state_io import Entry, LineError, decode_entry, encode_entry
+from keyshift.orchestration.state_lines import Entry, LineError, decode_entry, encode_entry
 from keyshift.state.changelog import MARKER_KEY
 
 pytestmark = pytest.mark.unit

@@ -1,23 +1,5 @@
-"""``keyshift state export`` and ``keyshift state import``: a store's keys and
-values as JSON lines.
-
-Line format (one JSON object per line, UTF-8)::
-
-    {"key": "apple", "partition": 3, "value": 17}
-    {"key_b64": "gAE=", "partition": 0, "value_b64": "MS4wZTM="}
-
-* ``key``: the key's bytes as a string when they are UTF-8; otherwise
-  ``key_b64``, the bytes in standard base64. Exactly one of the two.
-* ``value``: the stored value, a JSON document (keyshift stores values as
-  JSON). When re-encoding it would not give back the stored bytes exactly
-  (``1e3`` stored, ``1000.0`` re-encoded), the line carries ``value_b64``, the
-  stored bytes in base64, instead. Exactly one of the two. On import,
-  ``"value": null`` deletes the key.
-* ``partition``: the store partition (the task's input partition). Export
-  always writes it; on import it is optional (see :func:`import_store`).
-
-Export writes every line the way :func:`encode_entry` does, so export then
-import gives back the same bytes for every key.
+"""``keyshift state import``: JSON lines (the format:
+:mod:`keyshift.orchestration.state_lines`) into a store, through its changelog.
 
 An import goes through the store's changelog, like a worker's commit: the
 records, then one marker per partition covering them (its stamp keeps the
@@ -28,38 +10,39 @@ the state's stamp, whatever strategy moves it.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 import redis
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from keyshift.config import Settings
-from keyshift.errors import BrokerError, KeyshiftError, SerializationError, StateError
+from keyshift.errors import BrokerError, KeyshiftError, StateError
 from keyshift.migrations.locations import Location
 from keyshift.operators.topology import SubTopology, Topology
 from keyshift.orchestration.placement import connectable, latest_locations
 from keyshift.orchestration.reset import committed_offsets, require_stopped
+from keyshift.orchestration.state_export import (
+    PROGRESS_EVERY_S,
+    Progress,
+    store_partitions,
+    store_subtopology,
+)
+from keyshift.orchestration.state_lines import Entry, LineError, decode_entry
 from keyshift.polling import consume_available
 from keyshift.retry import DEFAULT_RETRY
 from keyshift.runtime.kafka import producer_config, read_topic, reader_config
 from keyshift.runtime.topics import TopicManager
 from keyshift.state.base import Stamp, Store
-from keyshift.state.changelog import MARKER_HEADERS, MARKER_KEY, check_state_key, has_marker_header
+from keyshift.state.changelog import MARKER_HEADERS, MARKER_KEY, has_marker_header
 from keyshift.state.factory import open_store
-from keyshift.urls import redact
 
 #: Records produced between two markers on a partition (a restore applies a
 #: marker's records in one write).
 IMPORT_BATCH = 10_000
-#: How often a long export or import reports its progress.
-PROGRESS_EVERY_S = 1.0
 #: How many changelog records an import reads back from the end at first to
 #: find the partition's last marker (widened until one is found).
 MARKER_WINDOW = 1_000
@@ -73,235 +56,6 @@ PARTITIONERS = (
     "fnv1a_random",
     "fnv1a",
 )
-
-Progress = Callable[[str], None]
-
-
-class LineError(KeyshiftError):
-    """A line of an import file that breaks the format."""
-
-
-# ------------------------------------------------------------------ the line format
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One key of a store: its bytes, its stored (JSON) value bytes (None: delete
-    the key) and its partition (None: not given)."""
-
-    key: bytes
-    value: bytes | None
-    partition: int | None = None
-
-
-def encode_entry(entry: Entry) -> bytes:
-    """The JSON line (without the newline) for ``entry`` (see the module docstring)."""
-    out: dict[str, Any] = {}
-    try:
-        out["key"] = entry.key.decode("utf-8")
-    except UnicodeDecodeError:
-        out["key_b64"] = base64.b64encode(entry.key).decode("ascii")
-    if entry.partition is not None:
-        out["partition"] = entry.partition
-    if entry.value is None:
-        out["value"] = None
-        return orjson.dumps(out)
-    try:
-        decoded = orjson.loads(entry.value)
-        exact = decoded is not None and orjson.dumps(decoded) == entry.value
-    except orjson.JSONDecodeError:
-        exact = False
-    if exact:
-        out["value"] = decoded
-    else:
-        out["value_b64"] = base64.b64encode(entry.value).decode("ascii")
-    return orjson.dumps(out)
-
-
-_FIELDS = frozenset({"key", "key_b64", "value", "value_b64", "partition"})
-
-
-def _b64(value: object, name: str) -> bytes:
-    if not isinstance(value, str):
-        raise LineError(f"{name}: expected a base64 string, got {type(value).__name__}")
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise LineError(f"{name}: not base64: {exc}") from None
-
-
-def decode_entry(line: bytes) -> Entry:
-    """The entry of one line (see the module docstring).
-
-    Raises:
-        LineError: the line is not a JSON object of that format, names an
-            unknown field, gives a key or value twice or not at all, a
-            ``partition`` that is not an integer >= 0, a ``value_b64`` that is
-            not JSON, or the key reserved for changelog markers.
-    """
-    try:
-        fields = orjson.loads(line)
-    except orjson.JSONDecodeError as exc:
-        raise LineError(f"not JSON: {exc}") from None
-    if not isinstance(fields, dict):
-        raise LineError(f"expected a JSON object, got {type(fields).__name__}")
-    unknown = sorted(set(fields) - _FIELDS)
-    if unknown:
-        raise LineError(f"unknown field(s): {', '.join(unknown)}")
-    if ("key" in fields) == ("key_b64" in fields):
-        raise LineError("expected exactly one of 'key' and 'key_b64'")
-    if "key" in fields:
-        if not isinstance(fields["key"], str):
-            raise LineError(f"key: expected a string, got {type(fields['key']).__name__}")
-        key = fields["key"].encode("utf-8")
-    else:
-        key = _b64(fields["key_b64"], "key_b64")
-    try:
-        check_state_key(key)
-    except SerializationError as exc:
-        raise LineError(str(exc)) from None
-    if ("value" in fields) == ("value_b64" in fields):
-        raise LineError("expected exactly one of 'value' and 'value_b64'")
-    value: bytes | None
-    if "value" in fields:
-        value = None if fields["value"] is None else orjson.dumps(fields["value"])
-    else:
-        value = _b64(fields["value_b64"], "value_b64")
-        try:
-            orjson.loads(value)
-        except orjson.JSONDecodeError:
-            raise LineError("value_b64: the bytes are not a JSON document") from None
-    partition = fields.get("partition")
-    if partition is not None and (type(partition) is not int or partition < 0):
-        raise LineError(f"partition: expected an integer >= 0, got {partition!r:.40}")
-    return Entry(key, value, partition)
-
-
-# ------------------------------------------------------------------ the app's stores
-
-
-def store_subtopology(topology: Topology, store: str) -> SubTopology:
-    """The sub-topology whose tasks update ``store``.
-
-    Raises:
-        KeyshiftError: the app has no such store.
-    """
-    if store not in topology.store_names():
-        known = ", ".join(topology.store_names()) or "none"
-        raise KeyshiftError(f"the app has no store {store!r} (its stores: {known})")
-    return topology.subtopology_of_store(store)
-
-
-def store_partitions(
-    settings: Settings, topology: Topology, store: str, admin: AdminClient
-) -> tuple[int, dict[str, int]]:
-    """The store's partition count (its sub-topology's input's), and the
-    partition count of every topic that exists."""
-    manager = TopicManager(settings, admin=lambda _: admin)
-    existing = manager.partition_counts()
-    sub = store_subtopology(topology, store)
-    counts = manager.plan(topology, existing).counts
-    if sub.index not in counts:
-        raise KeyshiftError(
-            f"cannot tell how many partitions store {store!r} has: a source topic "
-            "of the app does not exist"
-        )
-    return counts[sub.index], existing
-
-
-# ------------------------------------------------------------------ export
-
-
-@dataclass
-class ExportStats:
-    keys: int = 0
-    #: Per partition, the (redacted) URL read.
-    read_from: dict[int, str] = field(default_factory=dict)
-
-
-def export_store(
-    settings: Settings,
-    topology: Topology,
-    store: str,
-    write: Callable[[bytes], object],
-    *,
-    partition: int | None = None,
-    progress: Progress = lambda _: None,
-    admin: AdminClient | None = None,
-    open_state: Callable[[str], Store] = lambda url: open_store(url, timeout_s=30.0),
-) -> ExportStats:
-    """Write the JSON lines of ``store`` (every partition, or only ``partition``)
-    to ``write``, each ending in a newline.
-
-    Each partition is read from the Redis the locations topic names for it when
-    that is this configuration's ``state`` or one of its ``peers``; otherwise
-    (no location, or a server not configured) from ``state``. Reading a running
-    app's state gives each key's value at the moment it is read, not one
-    snapshot.
-
-    Raises:
-        KeyshiftError: no such store or partition, or no Redis to read.
-    """
-    admin = admin or AdminClient(settings.client_config())
-    count, _ = store_partitions(settings, topology, store, admin)
-    if partition is not None and not 0 <= partition < count:
-        raise KeyshiftError(f"store {store!r} has partitions 0-{count - 1}, not {partition}")
-    latest, _ = latest_locations(
-        (m.key(), m.value()) for m in read_topic(settings.client_config(), topology.locations_topic)
-    )
-    stores: dict[str, Store] = {}
-    stats = ExportStats()
-    last = time.monotonic()
-    try:
-        for p in range(count) if partition is None else [partition]:
-            url = _read_url(settings, store, p, latest.get(f"{store}:{p}".encode()), progress)
-            backend = stores.get(url)
-            if backend is None:
-                backend = stores[url] = open_state(url)
-            stats.read_from[p] = redact(url)
-            part = backend.partition(settings.app_id, store, p)
-            try:
-                for batch in part.scan(1000):
-                    for key, value in batch:
-                        write(encode_entry(Entry(key, value, p)) + b"\n")
-                    stats.keys += len(batch)
-                    if time.monotonic() - last >= PROGRESS_EVERY_S:
-                        last = time.monotonic()
-                        progress(f"exported {stats.keys} keys (at {store}[{p}])")
-            except redis.RedisError as exc:
-                raise StateError(f"cannot read {store}[{p}] at {redact(url)}: {exc}") from exc
-    finally:
-        for backend in stores.values():
-            backend.close()
-    return stats
-
-
-def _read_url(
-    settings: Settings, store: str, p: int, location: Location | None, progress: Progress
-) -> str:
-    """The Redis to read ``store[p]`` from: its location's when configured, else ``state``."""
-    url = None if location is None else connectable(location.url, settings)
-    if location is not None and url is None:
-        progress(
-            f"{store}[{p}]: its location {location.url} is not a configured Redis; "
-            "reading this instance's state"
-        )
-    if location is not None and not location.complete:
-        progress(
-            f"{store}[{p}]: a progressive copy into {location.url} is under way; "
-            "keys not copied yet are missing from the export"
-        )
-    if url is None and settings.state.startswith(("redis://", "rediss://", "unix://")):
-        url = settings.state
-    if url is None:
-        raise KeyshiftError(
-            f"no Redis to read {store}[{p}] from: the state setting is "
-            f"{redact(settings.state)} and no location names a configured Redis"
-        )
-    return url
-
-
-# ------------------------------------------------------------------ import
 
 
 def last_marker(
