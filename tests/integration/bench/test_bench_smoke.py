@@ -66,3 +66,15 @@ def test_migration_benchmark_smoke(brokers: str, tmp_path: Path) -> None:
     for strategy in strategies:
         assert f"{strategy}: per move, median pause " in out, out
         assert f"{strategy}: p99 during migration by step: 1->2 " in out, out
+
+
+def test_fetch_wake_benchmark_smoke(brokers: str, tmp_path: Path) -> None:
+    out = _run(["bench/fetch_wake.py", "--rounds", "1", "--settle", "3"], brokers, tmp_path)
+    for line in (
+        "round 1 plain ",
+        "round 1 woken ",
+        "| plain |",
+        "| woken |",
+        "ratio plain / woken",
+    ):
+        assert line in out, out
