@@ -15,7 +15,7 @@ every task starts from the new offsets with empty state.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -28,19 +28,17 @@ from keyshift.config import Settings
 from keyshift.errors import BrokerError, KeyshiftError, StateError
 from keyshift.operators.topology import Topology
 from keyshift.orchestration.placement import redis_urls
+from keyshift.orchestration.progress import Progress, Ticker
 from keyshift.retry import DEFAULT_RETRY
 from keyshift.runtime.topics import TopicManager
 from keyshift.urls import redact
 
 #: Keys unlinked per round trip, and the SCAN ``COUNT`` hint.
 UNLINK_BATCH = 1000
-#: How often a long deletion reports its progress.
-PROGRESS_EVERY_S = 1.0
 #: How long a reset waits for deleted topics to leave the cluster's metadata.
 TOPIC_DELETION_WAIT_S = 60.0
 
 Spec = Literal["earliest", "latest", "datetime", "offsets"]
-Progress = Callable[[str], None]
 TopicPartitionKey = tuple[str, int]
 
 
@@ -460,12 +458,11 @@ def delete_app_keys(url: str, app_id: str, *, progress: Progress = lambda _: Non
     client = redis.Redis.from_url(url, socket_connect_timeout=10, socket_timeout=30)
     where = redact(url)
     deleted = 0
-    last = time.monotonic()
+    ticker = Ticker()
     try:
         for batch in scan_app_keys(client, app_id):
             deleted += int(client.unlink(*batch))
-            if time.monotonic() - last >= PROGRESS_EVERY_S:
-                last = time.monotonic()
+            if ticker.due():
                 progress(f"{where}: deleted {deleted} keys so far")
     except redis.RedisError as exc:
         raise StateError(f"cannot delete the app's keys at {where}: {exc}") from exc

@@ -4,7 +4,6 @@ partition's state lives; and the store facts export and import share."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -16,17 +15,13 @@ from keyshift.errors import KeyshiftError, StateError
 from keyshift.migrations.locations import Location
 from keyshift.operators.topology import SubTopology, Topology
 from keyshift.orchestration.placement import connectable, latest_locations
+from keyshift.orchestration.progress import Progress, Ticker
 from keyshift.orchestration.state_lines import Entry, encode_entry
 from keyshift.runtime.kafka import read_topic
 from keyshift.runtime.topics import TopicManager
 from keyshift.state.base import Store
 from keyshift.state.factory import open_store
 from keyshift.urls import redact
-
-#: How often a long export or import reports its progress.
-PROGRESS_EVERY_S = 1.0
-
-Progress = Callable[[str], None]
 
 
 def store_subtopology(topology: Topology, store: str) -> SubTopology:
@@ -97,7 +92,7 @@ def export_store(
     )
     stores: dict[str, Store] = {}
     stats = ExportStats()
-    last = time.monotonic()
+    ticker = Ticker()
     try:
         for p in range(count) if partition is None else [partition]:
             url = _read_url(settings, store, p, latest.get(f"{store}:{p}".encode()), progress)
@@ -111,8 +106,7 @@ def export_store(
                     for key, value in batch:
                         write(encode_entry(Entry(key, value, p)) + b"\n")
                     stats.keys += len(batch)
-                    if time.monotonic() - last >= PROGRESS_EVERY_S:
-                        last = time.monotonic()
+                    if ticker.due():
                         progress(f"exported {stats.keys} keys (at {store}[{p}])")
             except redis.RedisError as exc:
                 raise StateError(f"cannot read {store}[{p}] at {redact(url)}: {exc}") from exc

@@ -24,13 +24,9 @@ from keyshift.errors import BrokerError, KeyshiftError, StateError
 from keyshift.migrations.locations import Location
 from keyshift.operators.topology import SubTopology, Topology
 from keyshift.orchestration.placement import connectable, latest_locations
+from keyshift.orchestration.progress import Progress, Ticker
 from keyshift.orchestration.reset import committed_offsets, require_stopped
-from keyshift.orchestration.state_export import (
-    PROGRESS_EVERY_S,
-    Progress,
-    store_partitions,
-    store_subtopology,
-)
+from keyshift.orchestration.state_export import store_partitions, store_subtopology
 from keyshift.orchestration.state_lines import Entry, LineError, decode_entry
 from keyshift.polling import consume_available
 from keyshift.retry import DEFAULT_RETRY
@@ -204,7 +200,7 @@ def import_store(
         config["partitioner"] = partitioner
     producer = Producer(config)
     stats = ImportStats()
-    last = time.monotonic()
+    ticker = Ticker()
     pending: list[Entry] = []
     try:
         for number, raw in enumerate(lines, start=1):
@@ -229,8 +225,7 @@ def import_store(
             if len(pending) >= batch:
                 _produce_batch(producer, topic, pending, bases, stats)
                 pending = []
-            if time.monotonic() - last >= PROGRESS_EVERY_S:
-                last = time.monotonic()
+            if ticker.due():
                 progress(f"imported {stats.records} records so far")
         if pending:
             _produce_batch(producer, topic, pending, bases, stats)

@@ -534,11 +534,9 @@ def test_long_runs_report_progress(
     """Export, import and the deletion of a reset report progress on the way
     (here after every batch, as they do every second on long runs)."""
     from keyshift import App
-    from keyshift.orchestration import reset, state_export, state_import
+    from keyshift.orchestration import progress, reset, state_export, state_import
 
-    monkeypatch.setattr(state_export, "PROGRESS_EVERY_S", 0.0)
-    monkeypatch.setattr(state_import, "PROGRESS_EVERY_S", 0.0)
-    monkeypatch.setattr(reset, "PROGRESS_EVERY_S", 0.0)
+    monkeypatch.setattr(progress, "PROGRESS_EVERY_S", 0.0)
     app_id, source = unique("pg"), unique("sentences")
     create_topic(admin, source, 1)
     app = App(app_id, brokers=brokers, state=redis_url)
