@@ -22,6 +22,8 @@ def kafka_retriable(exc: BaseException) -> bool:
         6,  # NOT_LEADER_OR_FOLLOWER
         3,  # UNKNOWN_TOPIC_OR_PARTITION (just created)
         5,  # LEADER_NOT_AVAILABLE
+        74,  # FENCED_LEADER_EPOCH (the client's metadata predates a leader change)
+        75,  # UNKNOWN_LEADER_EPOCH (the broker's predates it)
         -185,  # _TIMED_OUT
         -187,  # _ALL_BROKERS_DOWN
     )

@@ -754,8 +754,15 @@ class FakeAdmin:
         out: dict[str, Future[Any]] = {}
         for group_id in group_ids:
             future: Future[Any] = Future()
+            # A fake member's assignment reaches it at once: the coordinator's
+            # record and target of it are what the consumer holds.
             members = [
-                SimpleNamespace(client_id=str(m.consumer.config.get("client.id", "")))
+                SimpleNamespace(
+                    client_id=str(m.consumer.config.get("client.id", "")),
+                    member_id=m.consumer.memberid(),
+                    assignment=SimpleNamespace(topic_partitions=m.consumer.assignment()),
+                    target_assignment=SimpleNamespace(topic_partitions=m.consumer.assignment()),
+                )
                 for m in self.cluster.group(group_id).members
             ]
             future.set_result(SimpleNamespace(members=members))

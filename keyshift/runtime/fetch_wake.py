@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterable
 from typing import Protocol
 
-from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 log = logging.getLogger("keyshift.kafka")
 
@@ -97,27 +97,50 @@ def wake_fetchers(
     budget_s: float = WAKE_BUDGET_S,
 ) -> int:
     """Wake the broker threads that fetch the partitions ``consumer`` keeps
-    besides ``changed``; returns how many brokers were sent a request. Safe to
+    besides ``changed``; returns how many brokers answered a request. Safe to
     call inside a rebalance callback (``get_watermark_offsets`` keeps the
     consumer's call state; the leaders come from ``metadata``).
 
     Call it after the callback's ``incremental_assign``/``incremental_unassign``.
-    It never raises: a failed wake only leaves the partitions to the serve timeout.
+    It never raises: a failed wake only leaves the partitions to the serve timeout,
+    and a failed query does not keep the other leaders from theirs.
     """
     kept = kept_partitions(consumer, changed)
     if not kept:
         return 0
     deadline = time.monotonic() + budget_s
-    woken = 0
     try:
-        for tp in one_per_leader(metadata, kept, deadline):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            consumer.get_watermark_offsets(
-                TopicPartition(tp.topic, tp.partition), timeout=left, cached=False
-            )
-            woken += 1
+        chosen = one_per_leader(metadata, kept, deadline)
     except (KafkaException, RuntimeError) as exc:
-        log.debug("waking the fetchers of kept partitions failed", extra={"error": str(exc)})
+        log.debug("looking up the leaders of kept partitions failed", extra={"error": str(exc)})
+        return 0
+    woken = 0
+    for tp in chosen:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        if _query(consumer, tp, left):
+            woken += 1
     return woken
+
+
+def _query(consumer: WakeableConsumer, tp: TopicPartition, timeout: float) -> bool:
+    """Send one watermark query for ``tp``; whether it reached the broker. A broker's
+    error answer (say, a leader not yet elected for a new topic) reached it and so
+    woke its thread; a local error (a timeout, an unknown partition) did not."""
+    try:
+        consumer.get_watermark_offsets(
+            TopicPartition(tp.topic, tp.partition), timeout=timeout, cached=False
+        )
+    except KafkaException as exc:
+        error = exc.args[0] if exc.args else None
+        code = error.code() if isinstance(error, KafkaError) else -1
+        log.debug(
+            "waking the fetcher of a kept partition failed",
+            extra={"topic": tp.topic, "partition": tp.partition, "error": str(exc)},
+        )
+        return code > 0
+    except RuntimeError as exc:
+        log.debug("waking the fetcher of a kept partition failed", extra={"error": str(exc)})
+        return False
+    return True

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from confluent_kafka import (
     Consumer,
@@ -237,6 +237,33 @@ def read_topic(
         consumer.close()
 
 
+#: Errors of a request sent to a partition's former leader, or with its former
+#: leader epoch: the client's metadata is stale (a broker restarted, a leader moved).
+_STALE_LEADER = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.FENCED_LEADER_EPOCH,
+        KafkaError.UNKNOWN_LEADER_EPOCH,
+    }
+)
+
+
+def _stale_leader(exc: KafkaException) -> bool:
+    error = exc.args[0] if exc.args else None
+    return isinstance(error, KafkaError) and error.code() in _STALE_LEADER
+
+
+def refresh_metadata(admin: AdminClient, topics: Iterable[str], timeout_s: float) -> None:
+    """Ask the brokers for ``topics``' leaders again: librdkafka's admin client keeps
+    sending a partition's requests with the leader epoch it cached, and a broker
+    that restarted since refuses them until the cache is refreshed."""
+    for topic in sorted(set(topics)):
+        try:
+            admin.list_topics(topic, timeout=timeout_s)
+        except KafkaException as exc:  # the retry that follows reports real trouble
+            log.debug("metadata refresh failed", extra={"topic": topic, "error": str(exc)})
+
+
 def end_offsets(
     admin: AdminClient,
     partitions: list[tuple[str, int]],
@@ -257,10 +284,16 @@ def end_offsets(
 
     def query() -> dict[tuple[str, int], int]:
         futures = admin.list_offsets(wanted, isolation_level=level, request_timeout=timeout_s)
-        return {(tp.topic, tp.partition): int(f.result().offset) for tp, f in futures.items()}
+        try:
+            return {(tp.topic, tp.partition): int(f.result().offset) for tp, f in futures.items()}
+        except KafkaException as exc:
+            if _stale_leader(exc):
+                refresh_metadata(admin, {t for t, _ in partitions}, timeout_s)
+            raise
 
     try:
-        # Retried: a topic created a moment ago may not have a known leader yet.
+        # Retried: a topic created a moment ago may not have a known leader yet,
+        # and a leader that moved is found again.
         return retry.call(query, "end offsets")
     except KafkaException as exc:
         raise BrokerError(f"cannot read end offsets: {exc}") from exc

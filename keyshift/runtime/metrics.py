@@ -78,6 +78,9 @@ class Metrics:
     migration_durations: dict[str, Histogram] = field(default_factory=dict)
     #: Assignments received (a member gets one per rebalance it takes part in).
     rebalances: int = 0
+    #: Times this worker left and joined the group again because the group
+    #: coordinator's revocation never reached it (see ``runtime.lost_revocation``).
+    rejoins: int = 0
     #: Whether an assignment's state is being restored now (the loop waits).
     restoring: bool = False
     #: Monotonic time the processing loop last turned (0: not yet).
@@ -102,6 +105,7 @@ class Metrics:
             "dead_letters": self.dead_letters,
             "dead_letters_dropped": self.dead_letters_dropped,
             "fenced_tasks": self.fenced_tasks,
+            "rejoins": self.rejoins,
             "duplicates_dropped": self.duplicates_dropped,
             "commits": self.commits,
             "aborted_transactions": self.aborted_transactions,

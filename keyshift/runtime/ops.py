@@ -98,6 +98,11 @@ class _WorkerCollector(Collector):
             ("keyshift_commits", "Commits made.", m.commits),
             ("keyshift_aborted_transactions", "Transactions aborted.", m.aborted_transactions),
             ("keyshift_rebalances", "Assignments received from the group.", m.rebalances),
+            (
+                "keyshift_rejoins",
+                "Rejoins after a revocation that never reached the consumer.",
+                m.rejoins,
+            ),
             ("keyshift_restores", "Task states restored.", m.restores),
             ("keyshift_restored_records", "Changelog records replayed.", m.restored_records),
             ("keyshift_fenced_tasks", "Tasks found claimed by another owner.", m.fenced_tasks),

@@ -138,9 +138,13 @@ class RebalanceListener:
         self._failed = failed
         self._last_batch = last_batch
         self.open_transaction_wait_s = open_transaction_wait_s
+        #: Callbacks entered so far (the lost-revocation check's evidence that the
+        #: consumer heard from the group between two of its looks).
+        self.callbacks = 0
 
     # -- assignment --------------------------------------------------------------------
     def on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.callbacks += 1
         if self._closing() is not None or self._failed():
             # Given partitions while leaving (another member left a moment
             # earlier): pass them on untouched. Restoring them would claim and
@@ -231,6 +235,7 @@ class RebalanceListener:
 
     # -- revocation ----------------------------------------------------------------------
     def on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.callbacks += 1
         entered = time.monotonic()
         committed = entered
         if partitions:
@@ -267,6 +272,7 @@ class RebalanceListener:
             )
 
     def on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.callbacks += 1
         log.warning(
             "partitions lost", extra={"instance": self.instance, "partitions": _names(partitions)}
         )

@@ -27,10 +27,13 @@ from keyshift.config import Settings
 from keyshift.errors import BrokerError, ConfigError, TransactionAbortable
 from keyshift.operators.topology import Topology
 from keyshift.polling import consume_available
+from keyshift.runtime import membership
 from keyshift.runtime.assembly import Parts, assemble
 from keyshift.runtime.clients import KAFKA, Clients
 from keyshift.runtime.coordinator import Request
-from keyshift.runtime.kafka import group_timeouts, open_transaction_wait_s
+from keyshift.runtime.kafka import consumer_config, group_timeouts, open_transaction_wait_s
+from keyshift.runtime.lost_revocation import LostRevocationCheck, stuck_after_s
+from keyshift.runtime.membership import close_within, leave_as_static_member
 from keyshift.runtime.metrics import GcClock, Metrics
 from keyshift.runtime.ops import OpsServer
 from keyshift.runtime.rates import RateReporter
@@ -39,13 +42,6 @@ from keyshift.runtime.task import Task
 from keyshift.runtime.watchdog import WATCHDOG
 
 log = logging.getLogger("keyshift.worker")
-
-#: Leaving the group normally takes well under a second; a close that hangs
-#: (librdkafka mid-rebalance) must not keep a failed worker from exiting.
-CLOSE_TIMEOUT_S = 30.0
-#: How long a static member (classic protocol) may take to leave the group
-#: before it closes anyway (and its partitions wait for the session timeout).
-STATIC_LEAVE_S = 5.0
 
 
 class WorkerState(enum.Enum):
@@ -95,6 +91,8 @@ class Worker:
         #: The operations endpoint's port while it serves (see ``metrics_port``).
         self.ops_port: int | None = None
         self._rates: RateReporter | None = None
+        self._listener: RebalanceListener | None = None
+        self._lost_revocations: LostRevocationCheck | None = None
 
     # -- state -------------------------------------------------------------------------
     @property
@@ -203,7 +201,7 @@ class Worker:
         self._warm_up(parts)
         self._to(WorkerState.JOINING)
         parts.coordinator.join(stopping=self._stop.is_set)
-        listener = RebalanceListener(
+        self._listener = RebalanceListener(
             instance=self.instance,
             topology=self.topology,
             exactly_once=settings.exactly_once,
@@ -219,12 +217,14 @@ class Worker:
             last_batch=lambda: self._batch_done,
             open_transaction_wait_s=open_transaction_wait_s(settings),
         )
-        parts.consumer.subscribe(
-            list(self.topology.by_topic()),
-            on_assign=listener.on_assign,
-            on_revoke=listener.on_revoke,
-            on_lost=listener.on_lost,
-        )
+        self._subscribe(parts.consumer)
+        if settings.group_protocol == "consumer" and not self._static:
+            self._lost_revocations = LostRevocationCheck(
+                parts.admin,
+                settings.app_id,
+                self._listener_callbacks,
+                stuck_after_s=stuck_after_s(group_timeouts(settings)[1] / 1000),
+            )
         self._to(WorkerState.RUNNING)
         log.info(
             "worker started",
@@ -235,6 +235,19 @@ class Worker:
                 "topics": ",".join(self.topology.by_topic()),
             },
         )
+
+    def _subscribe(self, consumer: Consumer) -> None:
+        listener = self._listener
+        assert listener is not None
+        consumer.subscribe(
+            list(self.topology.by_topic()),
+            on_assign=listener.on_assign,
+            on_revoke=listener.on_revoke,
+            on_lost=listener.on_lost,
+        )
+
+    def _listener_callbacks(self) -> int:
+        return 0 if self._listener is None else self._listener.callbacks
 
     def _source_counts(self) -> tuple[dict[str, int], float]:
         """Source records taken per task so far, and busy seconds (rate reports)."""
@@ -276,6 +289,10 @@ class Worker:
                 next_commit = time.monotonic() + interval
             now = self._turn(parts, last)
             last = now
+            if self._state is WorkerState.RUNNING and self._lost_revocations is not None:
+                unheard = self._lost_revocations.tick(parts.consumer)
+                if unheard:
+                    self._rejoin(parts, unheard)
             if (
                 self._state is WorkerState.RUNNING
                 and now >= next_commit
@@ -355,6 +372,26 @@ class Worker:
         )
         return True
 
+    def _rejoin(self, parts: Parts, unheard: Collection[tuple[str, int]]) -> None:
+        """The group gave partitions held here away, and this consumer never heard:
+        commit, leave, and join again as a new member (see
+        :mod:`keyshift.runtime.lost_revocation`)."""
+        log.warning(
+            "the group coordinator's revocation never reached this consumer; "
+            "rejoining the group as a new member",
+            extra={
+                "instance": self.instance,
+                "partitions": ",".join(f"{t}[{p}]" for t, p in sorted(unheard)),
+            },
+        )
+        self.metrics.rejoins += 1
+        parts.committer.commit()
+        parts.consumer = parts.committer.consumer = membership.rejoin(
+            parts.consumer,
+            lambda: self.clients.consumer(consumer_config(self.settings, self.instance)),
+            self._subscribe,
+        )
+
     def _begin_leaving(self, parts: Parts) -> None:
         """Asked to stop: commit, tell the others, and go on processing (in small
         batches, without committing) until the others leaving have said so too."""
@@ -410,7 +447,9 @@ class Worker:
         if error is not None:
             raise error
         if stuck:
-            raise BrokerError(f"the consumer did not close within {CLOSE_TIMEOUT_S:.0f}s")
+            raise BrokerError(
+                f"the consumer did not close within {membership.CLOSE_TIMEOUT_S:.0f}s"
+            )
 
     def _leave_group(self, parts: Parts) -> tuple[bool, BaseException | None]:
         if self._closing is None:
@@ -420,15 +459,15 @@ class Worker:
             and self.settings.group_protocol == "classic"
             and self._state is not WorkerState.FAILED
         ):
-            _leave_as_static_member(parts.consumer)
-        stuck, error = _close_within(parts.consumer, CLOSE_TIMEOUT_S)
+            leave_as_static_member(parts.consumer)
+        stuck, error = close_within(parts.consumer, membership.CLOSE_TIMEOUT_S)
         if stuck or error is not None:
             self._fail()
         if stuck:
             log.error(
                 "the consumer did not close in time; leaving without it (the group "
                 "evicts this member after its session timeout)",
-                extra={"instance": self.instance, "timeout_s": CLOSE_TIMEOUT_S},
+                extra={"instance": self.instance, "timeout_s": membership.CLOSE_TIMEOUT_S},
             )
         return stuck, error
 
@@ -459,41 +498,3 @@ class Worker:
                 **self.metrics.snapshot(),
             },
         )
-
-
-def _leave_as_static_member(consumer: Consumer) -> None:
-    """Leave the group for good although a static member: librdkafka sends no
-    LeaveGroup when a static member closes (KIP-345), but does on unsubscribe.
-    Closing right after unsubscribing skips it, so wait until the member id is
-    gone (the leave was sent), at most ``STATIC_LEAVE_S``."""
-    try:
-        consumer.unsubscribe()
-        deadline = time.monotonic() + STATIC_LEAVE_S
-        while consumer.memberid() and time.monotonic() < deadline:
-            consumer.consume(1, 0.05)
-    except (KafkaException, RuntimeError) as exc:
-        log.warning(
-            "leaving the group as a static member failed; its partitions wait for "
-            "the session timeout",
-            extra={"error": str(exc)},
-        )
-
-
-def _close_within(consumer: Consumer, timeout_s: float) -> tuple[bool, BaseException | None]:
-    """Close ``consumer`` (leave the group, run the revocation callback) in a
-    helper thread. Returns whether it is still stuck after ``timeout_s``, and
-    what the close raised."""
-    failure: list[BaseException] = []
-
-    def close() -> None:
-        try:
-            consumer.close()
-        except BaseException as exc:  # re-raised in the caller's thread
-            failure.append(exc)
-
-    closer = threading.Thread(target=close, name="keyshift-consumer-close", daemon=True)
-    closer.start()
-    closer.join(timeout_s)
-    if closer.is_alive():
-        return True, None
-    return False, failure[0] if failure else None

@@ -5,10 +5,11 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import time
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from kafkautil import create_topic
 from keyshift.runtime.fetch_wake import wake_fetchers
@@ -21,16 +22,36 @@ def test_each_leader_of_the_kept_partitions_gets_one_request(
 ) -> None:
     topic = unique("wake")
     create_topic(admin, topic, 4)
-    metadata = admin.list_topics(topic, timeout=10).topics[topic].partitions.values()
-    leaders = {p.id: p.leader for p in metadata}
     consumer = Consumer({"bootstrap.servers": brokers, "group.id": unique("wake-g")})
     try:
         consumer.assign([TopicPartition(topic, p) for p in range(4)])
+        leaders = _leaders_once_served(consumer, admin, topic, 4)
         woken = wake_fetchers(consumer, [TopicPartition(topic, 3)], admin, budget_s=10.0)
         assert woken == len({leaders[p] for p in range(3)})
         assert wake_fetchers(consumer, [TopicPartition(topic, p) for p in range(4)], admin) == 0
     finally:
         consumer.close()
+
+
+def _leaders_once_served(
+    consumer: Consumer, admin: Any, topic: str, partitions: int
+) -> dict[int, int]:
+    """The partitions' leaders, once every partition of the new topic has a leader
+    that answers the consumer's watermark query (creation returns before that)."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            for p in range(partitions):
+                consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5, cached=False)
+            metadata = admin.list_topics(topic, timeout=10).topics[topic].partitions.values()
+            leaders = {p.id: p.leader for p in metadata}
+            if len(leaders) == partitions and min(leaders.values()) >= 0:
+                return leaders
+        except KafkaException:
+            if time.monotonic() > deadline:
+                raise
+        assert time.monotonic() < deadline, f"{topic} has no leaders after 30 s"
+        time.sleep(0.2)
 
 
 # A consumer that wakes its fetchers from inside its own rebalance callbacks, as the

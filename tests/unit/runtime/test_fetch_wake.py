@@ -25,11 +25,13 @@ class RecordingConsumer:
         *,
         failing: bool = False,
         metadata_failing: bool = False,
+        errors: dict[tuple[str, int], int] | None = None,
     ) -> None:
         self.assigned = [TopicPartition(t, p) for t, p in assigned]
         self.leaders = leaders
         self.failing = failing
         self.metadata_failing = metadata_failing
+        self.errors = errors or {}
         self.queried: list[tuple[str, int]] = []
 
     def assignment(self) -> list[TopicPartition]:
@@ -53,6 +55,9 @@ class RecordingConsumer:
         if self.failing:
             raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "timed out"))
         self.queried.append((partition.topic, partition.partition))
+        error = self.errors.get((partition.topic, partition.partition))
+        if error is not None:
+            raise KafkaException(KafkaError(error, "answered with an error"))
         return 0, 10
 
 
@@ -94,6 +99,24 @@ def test_a_failed_wake_is_swallowed(where: str) -> None:
         metadata_failing=where == "metadata",
     )
     assert wake_fetchers(consumer, [], consumer) == 0
+
+
+def test_a_failed_query_does_not_keep_the_other_leaders_from_theirs() -> None:
+    leaders = {("a", 0): 1, ("a", 1): 2, ("a", 2): 3}
+    errors = {("a", 0): KafkaError._UNKNOWN_PARTITION, ("a", 1): KafkaError._TIMED_OUT}
+    consumer = RecordingConsumer(list(leaders), leaders, errors=errors)
+
+    assert wake_fetchers(consumer, [], consumer) == 1
+    assert sorted(consumer.queried) == [("a", 0), ("a", 1), ("a", 2)]
+
+
+def test_a_broker_error_answer_still_woke_the_broker() -> None:
+    # A leader not yet elected for a new topic answers with an error, but the
+    # request reached the broker thread, which is all the wake needs.
+    leaders = {("a", 0): 1}
+    errors = {("a", 0): KafkaError.LEADER_NOT_AVAILABLE}
+    consumer = RecordingConsumer(list(leaders), leaders, errors=errors)
+    assert wake_fetchers(consumer, [], consumer) == 1
 
 
 def test_the_budget_bounds_the_wake() -> None:

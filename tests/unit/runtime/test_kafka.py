@@ -5,16 +5,22 @@ transaction timeout."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import Future
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from fakes import FakeCluster, FakeProducer
 from keyshift import Settings
 from keyshift.config import DEFAULT_TRANSACTION_TIMEOUT_MS
 from keyshift.errors import ConfigError
+from keyshift.retry import Retry
 from keyshift.runtime.kafka import (
     consumer_config,
     consumer_group_configs,
+    end_offsets,
     group_timeouts,
     producer_config,
     stable_end_offsets,
@@ -125,3 +131,36 @@ def test_stable_end_offsets_give_up_at_the_deadline_with_the_last_stable_offset(
     admin = cluster.clients().admin({})
     ends = stable_end_offsets(admin, [("cl", 0)], wait_s=5, clock=clock, sleep=clock.sleep)
     assert ends == {("cl", 0): 0} and 5.0 <= clock.now < 5.1
+
+
+class StaleMetadataAdmin:
+    """Refuses offset requests with a stale leader epoch until its metadata is
+    looked up again, as librdkafka's admin client does after a broker restarts."""
+
+    def __init__(self) -> None:
+        self.stale = True
+        self.looked_up: list[str] = []
+
+    def list_topics(self, topic: str | None = None, timeout: float = -1) -> object:
+        self.looked_up.append(str(topic))
+        self.stale = False
+        return object()
+
+    def list_offsets(self, wanted: dict[TopicPartition, object], **_: object) -> dict[Any, Any]:
+        out: dict[Any, Future[Any]] = {}
+        for tp in wanted:
+            future: Future[Any] = Future()
+            if self.stale:
+                error = KafkaError(KafkaError.FENCED_LEADER_EPOCH, "stale epoch")
+                future.set_exception(KafkaException(error))
+            else:
+                future.set_result(SimpleNamespace(offset=42))
+            out[tp] = future
+        return out
+
+
+def test_end_offsets_refresh_stale_leader_metadata_and_try_again() -> None:
+    admin = StaleMetadataAdmin()
+    ends = end_offsets(admin, [("cl", 0), ("cl", 1)], retry=Retry(base_s=0.0))  # type: ignore[arg-type]
+    assert ends == {("cl", 0): 42, ("cl", 1): 42}
+    assert admin.looked_up == ["cl"]

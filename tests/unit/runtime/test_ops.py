@@ -71,7 +71,7 @@ def test_the_scrape_parses_and_carries_the_workers_numbers(served: Served) -> No
     m.records_out_by_topic["counts"] = 118
     m.dead_letters_by_topic["words"] = 2
     m.processing_seconds = 1.5
-    m.commits, m.aborted_transactions, m.rebalances = 7, 1, 2
+    m.commits, m.aborted_transactions, m.rebalances, m.rejoins = 7, 1, 2, 1
     for took in (0.004, 0.03, 0.2):
         m.commit_durations.observe(took)
     m.observe_migration("progressive", 80, 2500)
@@ -87,6 +87,7 @@ def test_the_scrape_parses_and_carries_the_workers_numbers(served: Served) -> No
     assert got[("keyshift_commits_total", ())] == 7
     assert got[("keyshift_aborted_transactions_total", ())] == 1
     assert got[("keyshift_rebalances_total", ())] == 2
+    assert got[("keyshift_rejoins_total", ())] == 1
     assert got[("keyshift_commit_duration_seconds_count", ())] == 3
     assert got[("keyshift_commit_duration_seconds_sum", ())] == pytest.approx(0.234)
     assert got[("keyshift_commit_duration_seconds_bucket", (("le", "0.005"),))] == 1

@@ -11,16 +11,17 @@ rewind, and which consumer positions a rewind moves.
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import orjson
 import pytest
 from confluent_kafka import KafkaError, Message, TopicPartition
 
-from fakes import FakeCluster, FakeConsumer, FakeProducer, WorkerThread, wait_for
+from fakes import FakeAdmin, FakeCluster, FakeConsumer, FakeProducer, WorkerThread, wait_for
 from keyshift import App
 from keyshift.errors import BrokerError, TransactionAbortable
+from keyshift.runtime import lost_revocation, membership
 from keyshift.runtime import tasks as tasks_module
-from keyshift.runtime import worker as worker_module
 from keyshift.runtime.committer import MAX_ABORTS_IN_ROW, Committer
 from keyshift.runtime.kafka import consumer_config, producer_config
 from keyshift.runtime.metrics import Metrics
@@ -586,7 +587,7 @@ def test_at_least_once_commit_errors_still_raise() -> None:
 def test_a_consumer_close_that_hangs_does_not_keep_the_worker(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(worker_module, "CLOSE_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(membership, "CLOSE_TIMEOUT_S", 0.2)
     cluster = FakeCluster()
     cluster.create_topic("words", 1)
     worker = make_app(commit_interval_ms=NEVER_MS).worker(clients=cluster.clients())
@@ -634,3 +635,43 @@ def test_a_slow_batch_is_logged_with_where_its_time_went(
     for name in ("seconds", "gc_seconds", "state_read_seconds", "source_read_seconds"):
         assert isinstance(fields[name], float) and fields[name] >= 0, name
     assert worker.metrics.records_in == 3
+
+
+# -- a revocation that never reached the consumer ------------------------------------
+def test_a_worker_holding_partitions_the_group_gave_away_rejoins_as_a_new_member(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The coordinator's target for the worker's first member leaves words[1] out,
+    and no revocation reaches it (its heartbeat answer was lost): the worker
+    commits, leaves and joins again with a new consumer, and loses nothing."""
+    monkeypatch.setattr(lost_revocation, "CHECK_EVERY_S", 0.05)
+    monkeypatch.setattr(lost_revocation, "STUCK_AFTER_S", 0.3)
+    cluster = FakeCluster()
+    cluster.create_topic("words", 2)
+    describe = FakeAdmin.describe_consumer_groups
+    first: list[FakeConsumer] = []
+
+    def unheard(self: FakeAdmin, group_ids: list[str], **kwargs: Any) -> Any:
+        futures = describe(self, group_ids, **kwargs)
+        for member in futures[group_ids[0]].result().members:
+            if first and member.member_id == first[0].memberid():
+                member.target_assignment.topic_partitions = [
+                    tp for tp in member.target_assignment.topic_partitions if tp.partition != 1
+                ]
+        return futures
+
+    monkeypatch.setattr(FakeAdmin, "describe_consumer_groups", unheard)
+    worker = make_app("at_least_once").worker(clients=cluster.clients())
+    with WorkerThread(worker) as running:
+        first.append(main_consumer(cluster))
+        feed(cluster, ["a"], partition=0)
+        feed(cluster, ["b"], partition=1)
+        assert wait_for(lambda: worker.metrics.rejoins == 1)
+        assert wait_for(lambda: first[0].closed)
+        feed(cluster, ["a", "b"], partition=0)
+        feed(cluster, ["b"], partition=1)
+        assert wait_for(lambda: worker.metrics.records_in == 5)
+    assert running.error is None
+    assert worker.metrics.rejoins == 1  # the new member hears its revocations
+    assert counts(cluster, 0) == {"a": 2, "b": 1} and counts(cluster, 1) == {"b": 2}
+    assert sorted(totals(cluster)) == [("a", 1), ("a", 2), ("b", 1), ("b", 1), ("b", 2)]
