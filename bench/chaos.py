@@ -113,9 +113,12 @@ REPLICATION = 3
 MIN_ISR = "2"
 WORKERS = ("w1", "w2", "w3")
 # Preferred first ports of the private sandbox (free ones above are taken if busy),
-# away from the defaults (9092, 6379) of the developer's and the tests' sandbox.
-KAFKA_PORT = 39092
-REDIS_PORT = 36379
+# away from the defaults (9092, 6379) of the developer's and the tests' sandbox,
+# and below Linux's ephemeral port range (32768-60999): a broker or Redis server
+# restarted after a fault binds its old port again, and an outgoing connection
+# given that port meanwhile would keep it from starting ("Address already in use").
+KAFKA_PORT = 29092
+REDIS_PORT = 26379
 #: Kafka's group session timeout as keyshift sets it (10 s).
 SESSION_S = 10.0
 #: How long a Redis server stays stopped: 5 commit intervals at least once,
