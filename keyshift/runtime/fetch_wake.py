@@ -105,14 +105,15 @@ def wake_fetchers(
     It never raises: a failed wake only leaves the partitions to the serve timeout,
     and a failed query does not keep the other leaders from theirs.
     """
-    kept = kept_partitions(consumer, changed)
-    if not kept:
-        return 0
     deadline = time.monotonic() + budget_s
     try:
+        # The assignment too may fail: a consumer being closed has no handle left.
+        kept = kept_partitions(consumer, changed)
+        if not kept:
+            return 0
         chosen = one_per_leader(metadata, kept, deadline)
     except (KafkaException, RuntimeError) as exc:
-        log.debug("looking up the leaders of kept partitions failed", extra={"error": str(exc)})
+        log.debug("looking up the kept partitions' leaders failed", extra={"error": str(exc)})
         return 0
     woken = 0
     for tp in chosen:

@@ -293,4 +293,5 @@ class RebalanceListener:
         if paused:
             consumer.resume(paused)
         consumer.incremental_unassign(partitions)
-        wake_fetchers(consumer, partitions, self.admin)
+        if self._closing() is None:  # a closing consumer fetches nothing more
+            wake_fetchers(consumer, partitions, self.admin)

@@ -26,15 +26,19 @@ class RecordingConsumer:
         failing: bool = False,
         metadata_failing: bool = False,
         errors: dict[tuple[str, int], int] | None = None,
+        closed: bool = False,
     ) -> None:
         self.assigned = [TopicPartition(t, p) for t, p in assigned]
         self.leaders = leaders
         self.failing = failing
         self.metadata_failing = metadata_failing
         self.errors = errors or {}
+        self.closed = closed
         self.queried: list[tuple[str, int]] = []
 
     def assignment(self) -> list[TopicPartition]:
+        if self.closed:
+            raise KafkaException(KafkaError(KafkaError._DESTROY, "handle destroyed"))
         return list(self.assigned)
 
     def list_topics(self, topic: str | None = None, timeout: float = -1) -> Any:
@@ -90,13 +94,14 @@ def test_nothing_is_sent_when_no_partition_is_kept() -> None:
     assert consumer.queried == []
 
 
-@pytest.mark.parametrize("where", ["watermarks", "metadata"])
+@pytest.mark.parametrize("where", ["watermarks", "metadata", "assignment"])
 def test_a_failed_wake_is_swallowed(where: str) -> None:
     consumer = RecordingConsumer(
         [("a", 0)],
         {("a", 0): 1},
         failing=where == "watermarks",
         metadata_failing=where == "metadata",
+        closed=where == "assignment",  # the consumer is being closed
     )
     assert wake_fetchers(consumer, [], consumer) == 0
 
