@@ -27,7 +27,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from confluent_kafka import TopicPartition
+from confluent_kafka import KafkaException, TopicPartition
 
 log = logging.getLogger("keyshift.kafka")
 
@@ -122,18 +122,26 @@ class LostRevocationCheck:
             return frozenset()
         self._asked = None
         self._next_at = now + self.every_s
-        return self._judge(asked, _held(consumer))
+        try:
+            held_now = _held(consumer)
+        except (KafkaException, RuntimeError):  # a client in trouble: no evidence
+            return frozenset()
+        return self._judge(asked, held_now)
 
     def _ask(self, consumer: GroupMember, now: float) -> None:
-        member_id = consumer.memberid()
-        held = _held(consumer)
-        if not member_id or not held:
-            self._suspect = None
-            self._next_at = now + self.every_s
+        self._next_at = now + self.every_s
+        try:
+            member_id = consumer.memberid()
+            held = _held(consumer)
+            if not member_id or not held:
+                self._suspect = None
+                return
+            future = self.admin.describe_consumer_groups(
+                [self.group], request_timeout=DESCRIBE_TIMEOUT_S
+            )[self.group]
+        except (KafkaException, RuntimeError) as exc:  # asked again next time
+            log.debug("cannot describe the group", extra={"error": str(exc)})
             return
-        future = self.admin.describe_consumer_groups(
-            [self.group], request_timeout=DESCRIBE_TIMEOUT_S
-        )[self.group]
         self._asked = _Asked(future, now, member_id, held, self.callbacks())
 
     def _judge(self, asked: _Asked, held_now: frozenset[Partition]) -> frozenset[Partition]:

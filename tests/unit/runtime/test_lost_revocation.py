@@ -33,8 +33,11 @@ class Member:
     def __init__(self, held: list[tuple[str, int]], member_id: str | None = "me") -> None:
         self.held = held
         self.member_id = member_id
+        self.broken = False
 
     def assignment(self) -> list[TopicPartition]:
+        if self.broken:
+            raise KafkaException(KafkaError(KafkaError._DESTROY, "handle destroyed"))
         return [TopicPartition(t, p) for t, p in self.held]
 
     def memberid(self) -> str | None:
@@ -145,7 +148,8 @@ def test_partitions_released_meanwhile_are_not_reported() -> None:
 
 
 @pytest.mark.parametrize(
-    "case", ["not a member", "no member id", "describe fails", "classic member"]
+    "case",
+    ["not a member", "no member id", "describe fails", "classic member", "client fails"],
 )
 def test_no_evidence_is_no_report(case: str) -> None:
     clock, callbacks = Clock(), [0]
@@ -155,6 +159,7 @@ def test_no_evidence_is_no_report(case: str) -> None:
         member.member_id = None
     coordinator.failing = case == "describe fails"
     coordinator.classic = case == "classic member"
+    member.broken = case == "client fails"
     check = make(coordinator, clock, callbacks)
     assert run(check, member, clock, 20.0) == []
 
