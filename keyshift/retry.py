@@ -8,17 +8,25 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 
 T = TypeVar("T")
 log = logging.getLogger("keyshift.retry")
 
 
+def kafka_error(exc: BaseException) -> KafkaError | None:
+    """The :class:`KafkaError` a :class:`KafkaException` carries (None for any other
+    exception, or one raised without it)."""
+    if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
+        return exc.args[0]
+    return None
+
+
 def kafka_retriable(exc: BaseException) -> bool:
-    if not isinstance(exc, KafkaException) or not exc.args:
+    err = kafka_error(exc)
+    if err is None:
         return False
-    err = exc.args[0]
-    return bool(getattr(err, "retriable", lambda: False)()) or err.code() in (
+    return bool(err.retriable()) or err.code() in (
         6,  # NOT_LEADER_OR_FOLLOWER
         3,  # UNKNOWN_TOPIC_OR_PARTITION (just created)
         5,  # LEADER_NOT_AVAILABLE

@@ -29,7 +29,7 @@ from keyshift.errors import BrokerError, KeyshiftError, StateError
 from keyshift.operators.topology import Topology
 from keyshift.orchestration.placement import redis_urls
 from keyshift.orchestration.progress import Progress, Ticker
-from keyshift.retry import DEFAULT_RETRY
+from keyshift.retry import DEFAULT_RETRY, kafka_error
 from keyshift.runtime.topics import TopicManager
 from keyshift.urls import redact
 
@@ -128,8 +128,8 @@ def group_members(admin: AdminClient, group: str, timeout_s: float = 15.0) -> li
             group
         ].result()
     except KafkaException as exc:
-        error = exc.args[0] if exc.args else None
-        if getattr(error, "name", lambda: "")() == "GROUP_ID_NOT_FOUND":
+        error = kafka_error(exc)
+        if error is not None and error.name() == "GROUP_ID_NOT_FOUND":
             return []
         raise BrokerError(f"cannot describe consumer group {group!r}: {exc}") from exc
     return sorted(m.group_instance_id or m.client_id for m in description.members)
@@ -412,7 +412,8 @@ def delete_topics(
         try:
             future.result()
         except KafkaException as exc:
-            if exc.args and exc.args[0].name() == "UNKNOWN_TOPIC_OR_PART":
+            error = kafka_error(exc)
+            if error is not None and error.name() == "UNKNOWN_TOPIC_OR_PART":
                 continue
             raise BrokerError(f"cannot delete topic {name!r}: {exc}") from exc
     deadline = time.monotonic() + wait_s

@@ -20,7 +20,9 @@ import time
 from collections.abc import Iterable
 from typing import Protocol
 
-from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka import KafkaException, TopicPartition
+
+from keyshift.retry import kafka_error
 
 log = logging.getLogger("keyshift.kafka")
 
@@ -134,8 +136,8 @@ def _query(consumer: WakeableConsumer, tp: TopicPartition, timeout: float) -> bo
             TopicPartition(tp.topic, tp.partition), timeout=timeout, cached=False
         )
     except KafkaException as exc:
-        error = exc.args[0] if exc.args else None
-        code = error.code() if isinstance(error, KafkaError) else -1
+        error = kafka_error(exc)
+        code = -1 if error is None else error.code()
         log.debug(
             "waking the fetcher of a kept partition failed",
             extra={"topic": tp.topic, "partition": tp.partition, "error": str(exc)},

@@ -27,7 +27,7 @@ from confluent_kafka.admin import (
 from keyshift.config import DEFAULT_TRANSACTION_TIMEOUT_MS, Settings, transaction_timeout_ms
 from keyshift.errors import BrokerError, ConfigError
 from keyshift.polling import consume_available
-from keyshift.retry import DEFAULT_RETRY, Retry
+from keyshift.retry import DEFAULT_RETRY, Retry, kafka_error
 
 log = logging.getLogger("keyshift.kafka")
 
@@ -249,8 +249,8 @@ _STALE_LEADER = frozenset(
 
 
 def _stale_leader(exc: KafkaException) -> bool:
-    error = exc.args[0] if exc.args else None
-    return isinstance(error, KafkaError) and error.code() in _STALE_LEADER
+    error = kafka_error(exc)
+    return error is not None and error.code() in _STALE_LEADER
 
 
 def refresh_metadata(admin: AdminClient, topics: Iterable[str], timeout_s: float) -> None:

@@ -31,6 +31,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from keyshift.config import DEFAULT_TRANSACTION_TIMEOUT_MS
 from keyshift.errors import BrokerError, InstanceConflict, RecordRejected, TransactionAbortable
+from keyshift.retry import kafka_error
 from keyshift.runtime.metrics import Metrics
 
 log = logging.getLogger("keyshift.producer")
@@ -66,8 +67,8 @@ FENCED = frozenset(
 
 
 def producer_fenced(exc: KafkaException) -> bool:
-    err = exc.args[0] if exc.args else None
-    return isinstance(err, KafkaError) and err.code() in FENCED
+    err = kafka_error(exc)
+    return err is not None and err.code() in FENCED
 
 
 def is_record_fault(err: KafkaError) -> bool:
@@ -76,16 +77,16 @@ def is_record_fault(err: KafkaError) -> bool:
 
 def requires_abort(exc: KafkaException) -> bool:
     """Whether a transactional error leaves the producer usable after an abort."""
-    err = exc.args[0] if exc.args else None
-    return isinstance(err, KafkaError) and err.txn_requires_abort() and not err.fatal()
+    err = kafka_error(exc)
+    return err is not None and err.txn_requires_abort() and not err.fatal()
 
 
 def transaction_failed(exc: KafkaException) -> bool:
     """Whether a produce call failed because the open transaction has failed (the
     producer refuses records in that state with _STATE); abort_transaction then
     tells an abortable failure from a fatal one."""
-    err = exc.args[0] if exc.args else None
-    return requires_abort(exc) or (isinstance(err, KafkaError) and err.code() == KafkaError._STATE)
+    err = kafka_error(exc)
+    return requires_abort(exc) or (err is not None and err.code() == KafkaError._STATE)
 
 
 @contextmanager
@@ -252,8 +253,8 @@ class RecordProducer:
                 raise self._send_error(topic, exc) from exc
 
     def _send_error(self, topic: str, exc: KafkaException) -> Exception:
-        err = exc.args[0] if exc.args else None
-        if isinstance(err, KafkaError) and is_record_fault(err):
+        err = kafka_error(exc)
+        if err is not None and is_record_fault(err):
             return RecordRejected(f"{topic} refused the record: {err.str()}")
         if self.transactional and producer_fenced(exc):
             return self.fenced(exc)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
-from keyshift.retry import Retry, kafka_retriable
+from keyshift.retry import Retry, kafka_error, kafka_retriable
 
 pytestmark = pytest.mark.unit
 
@@ -74,3 +74,11 @@ def test_a_lasting_or_permanent_failure_is_raised() -> None:
     with pytest.raises(KafkaException):
         Retry(attempts=3, base_s=0.0).call(permanent, "test")
     assert len(calls) == 1
+
+
+def test_kafka_error_is_the_error_a_kafka_exception_carries() -> None:
+    error = KafkaError(KafkaError.LEADER_NOT_AVAILABLE, "moving")
+    assert kafka_error(KafkaException(error)) is error
+    assert kafka_error(KafkaException()) is None
+    assert kafka_error(KafkaException("text only")) is None
+    assert kafka_error(ValueError(error)) is None
