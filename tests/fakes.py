@@ -841,6 +841,16 @@ class _HookedPartition:
         return call
 
 
+class ManualClock:
+    """A monotonic clock that moves only when a test sets ``now``."""
+
+    def __init__(self, now: float = 100.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def wait_for(cond: Callable[[], bool], timeout_s: float = 10.0, every_s: float = 0.002) -> bool:
     """Poll ``cond`` until it holds (True) or ``timeout_s`` passed (False)."""
     deadline = time.monotonic() + timeout_s

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
-from fakes import FakeCluster, WorkerThread, wait_for
+from fakes import FakeCluster, ManualClock, WorkerThread, wait_for
 from keyshift import App
 from keyshift.migrations import tracker as tracker_module
 from keyshift.migrations.events import EventLog, now_ms
@@ -34,19 +34,11 @@ STEP_S = 0.008
 TASK = ("words", 0)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 class SlowScans:
     """A migration source's store whose every scanned batch takes ``STEP_S`` of
     ``clock`` (a round trip to the source)."""
 
-    def __init__(self, store: Any, clock: Clock) -> None:
+    def __init__(self, store: Any, clock: ManualClock) -> None:
         self.store, self.clock = store, clock
 
     def partition(
@@ -60,7 +52,7 @@ class SlowScans:
 
 
 class SlowScanPartition:
-    def __init__(self, inner: Any, clock: Clock) -> None:
+    def __init__(self, inner: Any, clock: ManualClock) -> None:
         self.inner, self.clock = inner, clock
 
     def scan(self, batch: int = BATCH) -> Iterator[list[tuple[bytes, bytes]]]:
@@ -103,7 +95,7 @@ def previous_owner(cluster: FakeCluster, keys: int) -> dict[bytes, bytes]:
     return data
 
 
-def moving_here(cluster: FakeCluster, share: float, clock: Clock) -> MigrationTracker:
+def moving_here(cluster: FakeCluster, share: float, clock: ManualClock) -> MigrationTracker:
     """Instance b's tracker, with words[0] just moved here by a progressive restore
     from instance a, and its first record processed (its pause is over)."""
     app = count_app(
@@ -152,7 +144,7 @@ def test_a_copy_turn_is_bounded_and_followed_by_its_share_of_rest(
 ) -> None:
     cluster = FakeCluster()
     previous_owner(cluster, 10 * BATCH)
-    clock = Clock()
+    clock = ManualClock()
     tracker = moving_here(cluster, share, clock)
     monkeypatch.setattr(tracker_module, "time", SimpleNamespace(monotonic=clock))
     assert target(cluster).data == {}  # nothing copied before the first turn
@@ -173,7 +165,7 @@ def test_a_copy_turn_is_bounded_and_followed_by_its_share_of_rest(
 def test_the_copy_finishes_and_its_migration_is_emitted(monkeypatch: pytest.MonkeyPatch) -> None:
     cluster = FakeCluster()
     state = previous_owner(cluster, 4 * BATCH)
-    clock = Clock()
+    clock = ManualClock()
     tracker = moving_here(cluster, 0.25, clock)
     monkeypatch.setattr(tracker_module, "time", SimpleNamespace(monotonic=clock))
     turns = 0

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
+from fakes import ManualClock
 from keyshift.runtime.lost_revocation import (
     DESCRIBE_TIMEOUT_S,
     STUCK_AFTER_S,
@@ -19,14 +20,6 @@ from keyshift.runtime.lost_revocation import (
 pytestmark = pytest.mark.unit
 
 ALL = [("t", p) for p in range(4)]
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Member:
@@ -81,7 +74,7 @@ class Coordinator:
         future.set_result(SimpleNamespace(members=[other, me]))
 
 
-def make(coordinator: Coordinator, clock: Clock, callbacks: list[int]) -> LostRevocationCheck:
+def make(coordinator: Coordinator, clock: ManualClock, callbacks: list[int]) -> LostRevocationCheck:
     return LostRevocationCheck(
         coordinator,
         "app",
@@ -93,7 +86,7 @@ def make(coordinator: Coordinator, clock: Clock, callbacks: list[int]) -> LostRe
 
 
 def run(
-    check: LostRevocationCheck, member: Member, clock: Clock, seconds: float
+    check: LostRevocationCheck, member: Member, clock: ManualClock, seconds: float
 ) -> list[frozenset[tuple[str, int]]]:
     """Tick twice per simulated 0.5 s (an ask, then its answer); the non-empty results."""
     found = []
@@ -108,7 +101,7 @@ def run(
 
 
 def test_partitions_held_long_after_the_group_gave_them_away_are_reported() -> None:
-    clock, callbacks = Clock(), [0]
+    clock, callbacks = ManualClock(), [0]
     coordinator = Coordinator(assigned=ALL[:2])
     check = make(coordinator, clock, callbacks)
     member = Member(ALL)
@@ -120,7 +113,7 @@ def test_partitions_held_long_after_the_group_gave_them_away_are_reported() -> N
 
 
 def test_nothing_is_reported_while_the_consumer_holds_what_it_is_assigned() -> None:
-    clock, callbacks = Clock(), [0]
+    clock, callbacks = ManualClock(), [0]
     check = make(Coordinator(assigned=ALL), clock, callbacks)
     assert run(check, Member(ALL), clock, 20.0) == []
 
@@ -128,7 +121,7 @@ def test_nothing_is_reported_while_the_consumer_holds_what_it_is_assigned() -> N
 def test_a_rebalance_callback_in_between_starts_the_wait_over() -> None:
     # A revocation that reaches the consumer runs a callback: the partitions may
     # be on their way out, and the wait starts again.
-    clock, callbacks = Clock(), [0]
+    clock, callbacks = ManualClock(), [0]
     check = make(Coordinator(assigned=ALL[:2]), clock, callbacks)
     member = Member(ALL)
     assert run(check, member, clock, 2.5) == []
@@ -138,7 +131,7 @@ def test_a_rebalance_callback_in_between_starts_the_wait_over() -> None:
 
 
 def test_partitions_released_meanwhile_are_not_reported() -> None:
-    clock, callbacks = Clock(), [0]
+    clock, callbacks = ManualClock(), [0]
     coordinator = Coordinator(assigned=ALL[:2])
     check = make(coordinator, clock, callbacks)
     member = Member(ALL)
@@ -152,7 +145,7 @@ def test_partitions_released_meanwhile_are_not_reported() -> None:
     ["not a member", "no member id", "describe fails", "classic member", "client fails"],
 )
 def test_no_evidence_is_no_report(case: str) -> None:
-    clock, callbacks = Clock(), [0]
+    clock, callbacks = ManualClock(), [0]
     coordinator = Coordinator(assigned=ALL[:2])
     member = Member(ALL, member_id="stranger" if case == "not a member" else "me")
     if case == "no member id":
@@ -165,7 +158,7 @@ def test_no_evidence_is_no_report(case: str) -> None:
 
 
 def test_a_description_that_never_comes_is_dropped_and_asked_again() -> None:
-    clock, callbacks = Clock(), [0]
+    clock, callbacks = ManualClock(), [0]
     coordinator = Coordinator(assigned=ALL[:2])
     coordinator.prompt = False
     check = make(coordinator, clock, callbacks)
@@ -181,7 +174,7 @@ def test_a_description_that_never_comes_is_dropped_and_asked_again() -> None:
 
 
 def test_it_asks_no_more_than_once_per_interval() -> None:
-    clock, callbacks = Clock(), [0]
+    clock, callbacks = ManualClock(), [0]
     coordinator = Coordinator(assigned=ALL)
     check = make(coordinator, clock, callbacks)
     member = Member(ALL)

@@ -11,25 +11,18 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from fakes import ManualClock
 from keyshift.runtime.metrics import Metrics
 from keyshift.runtime.ops import OpsServer
 
 pytestmark = pytest.mark.unit
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 class Served:
     def __init__(self) -> None:
         self.metrics = Metrics()
         self.state = "running"
-        self.clock = Clock()
+        self.clock = ManualClock(1000.0)
         self.server = OpsServer(
             self.metrics,
             lambda: self.state,
