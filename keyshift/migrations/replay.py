@@ -23,6 +23,7 @@ from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from keyshift.errors import BrokerError, StateError
 from keyshift.polling import consume_available
+from keyshift.progress import Ticker
 from keyshift.retry import DEFAULT_RETRY, Retry
 from keyshift.state.base import Stamp, StorePartition
 from keyshift.state.changelog import MARKER_KEY, has_marker_header
@@ -30,7 +31,6 @@ from keyshift.state.changelog import MARKER_KEY, has_marker_header
 log = logging.getLogger("keyshift.migrations.replay")
 
 WRITE_EVERY = 50_000
-PROGRESS_EVERY_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,7 +198,7 @@ def replay_changelog(
 
     consumer.assign([TopicPartition(topic, partition, start)])
     applier = ChangelogApplier(backend, stamp, epoch, where=f"{topic}[{partition}]")
-    last_log = time.monotonic()
+    ticker = Ticker()
     deadline = started + timeout_s
     try:
         done = False
@@ -216,9 +216,7 @@ def replay_changelog(
                         continue
                     raise BrokerError(f"changelog replay of {topic}[{partition}]: {err}")
                 applier.feed(msg)
-            now = time.monotonic()
-            if now - last_log >= PROGRESS_EVERY_S:
-                last_log = now
+            if ticker.due():
                 log.info(
                     "replaying changelog",
                     extra={

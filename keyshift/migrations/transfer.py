@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from keyshift.errors import FencedError, StateError, StateLostError
+from keyshift.progress import Ticker
 from keyshift.state.base import Stamp, StorePartition
 
 log = logging.getLogger("keyshift.migrations.transfer")
@@ -44,13 +45,12 @@ def stop_and_copy(
     stats = TransferStats()
     if _copy_whole(source, target, epoch, stats):
         return _finish(source, target, stamp, epoch, stats, started)
-    last_log = started
+    ticker = Ticker()
     for batch in source.scan(BATCH):
         target.copy_missing(batch, epoch)
         stats.keys += len(batch)
         stats.bytes += _size(batch)
-        if time.monotonic() - last_log >= 1.0:
-            last_log = time.monotonic()
+        if ticker.due():
             log.info("copying state", extra={"task": what, "keys": stats.keys})
     return _finish(source, target, stamp, epoch, stats, started)
 

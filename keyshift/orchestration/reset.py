@@ -28,7 +28,7 @@ from keyshift.config import Settings
 from keyshift.errors import BrokerError, KeyshiftError, StateError
 from keyshift.operators.topology import Topology
 from keyshift.orchestration.placement import redis_urls
-from keyshift.orchestration.progress import Progress, Ticker
+from keyshift.progress import Progress, Ticker
 from keyshift.retry import DEFAULT_RETRY, kafka_error
 from keyshift.runtime.topics import TopicManager
 from keyshift.urls import redact

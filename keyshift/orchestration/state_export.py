@@ -15,8 +15,8 @@ from keyshift.errors import KeyshiftError, StateError
 from keyshift.migrations.locations import Location
 from keyshift.operators.topology import SubTopology, Topology
 from keyshift.orchestration.placement import connectable, latest_locations
-from keyshift.orchestration.progress import Progress, Ticker
 from keyshift.orchestration.state_lines import Entry, encode_entry
+from keyshift.progress import Progress, Ticker
 from keyshift.runtime.kafka import read_topic
 from keyshift.runtime.topics import TopicManager
 from keyshift.state.base import Store

@@ -24,11 +24,11 @@ from keyshift.errors import BrokerError, KeyshiftError, StateError
 from keyshift.migrations.locations import Location
 from keyshift.operators.topology import SubTopology, Topology
 from keyshift.orchestration.placement import connectable, latest_locations
-from keyshift.orchestration.progress import Progress, Ticker
 from keyshift.orchestration.reset import committed_offsets, require_stopped
 from keyshift.orchestration.state_export import store_partitions, store_subtopology
 from keyshift.orchestration.state_lines import Entry, LineError, decode_entry
 from keyshift.polling import consume_available
+from keyshift.progress import Progress, Ticker
 from keyshift.retry import DEFAULT_RETRY
 from keyshift.runtime.kafka import producer_config, read_topic, reader_config
 from keyshift.runtime.topics import TopicManager

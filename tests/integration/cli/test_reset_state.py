@@ -533,8 +533,8 @@ def test_long_runs_report_progress(
 ) -> None:
     """Export, import and the deletion of a reset report progress on the way
     (here after every batch, as they do every second on long runs)."""
-    from keyshift import App
-    from keyshift.orchestration import progress, reset, state_export, state_import
+    from keyshift import App, progress
+    from keyshift.orchestration import reset, state_export, state_import
 
     monkeypatch.setattr(progress, "PROGRESS_EVERY_S", 0.0)
     app_id, source = unique("pg"), unique("sentences")

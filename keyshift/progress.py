@@ -1,6 +1,7 @@
-"""Progress lines of long operations (a reset's deletion, state export and
-import): at most one every ``PROGRESS_EVERY_S``, so a long run shows that it
-moves without flooding stderr."""
+"""Progress lines of long operations (a changelog replay, a state copy, a
+reset's deletion, state export and import): at most one every
+``PROGRESS_EVERY_S``, so a long run shows that it moves without flooding its
+log or stderr."""
 
 from __future__ import annotations
 
